@@ -1,0 +1,365 @@
+"""Typed, validated configuration of one simulation cell.
+
+Hydra composes the YAML files under ``conf/`` into a plain mapping; :func:`cell_config`
+turns that mapping into frozen dataclasses, checking every key, type and range up
+front so that a bad value fails with one :class:`~helios.errors.ConfigError` line
+before any simulation starts.  Each option of a config group is one dataclass,
+picked by its ``name`` (a small registry per group, as in Vidur).
+
+The field defaults repeat the figures of ``conf/``; the YAML files say where each
+figure comes from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from helios.errors import ConfigError
+
+GIB = 1024**3
+
+
+def spec(default: Any, help: str, **checks: Any) -> Any:
+    """A dataclass field with help text and range checks.
+
+    ``checks`` may hold ``gt``, ``ge``, ``le``, ``lt`` (numeric bounds) and
+    ``choices`` (allowed values); :func:`from_mapping` enforces them.
+    """
+    return field(default=default, metadata={"help": help, **checks})
+
+
+# --------------------------------------------------------------------------- topology
+@dataclass(frozen=True)
+class TopologyConfig:
+    """Fields shared by every topology: the servers and their network access."""
+
+    name: str = spec("fat_tree", "topology family")
+    gpus_per_server: int = spec(4, "GPUs per server joined by an NVSwitch", ge=1)
+    nics_per_server: int = spec(1, "400G-class NICs bonded into the server uplink", ge=1)
+    nvlink_gbyte_s: float = spec(450.0, "NVLink bandwidth per GPU per direction, GB/s", gt=0)
+    nic_gbit_s: float = spec(400.0, "bandwidth of one NIC per direction, Gb/s", gt=0)
+    nvlink_latency_us: float = spec(0.5, "GPU<->NVSwitch hop latency, us", ge=0)
+    link_latency_us: float = spec(1.0, "latency of each network hop (wire + switch), us", ge=0)
+
+
+@dataclass(frozen=True)
+class FatTreeConfig(TopologyConfig):
+    """k-ary Fat-Tree (Al-Fares et al. 2008) with ECMP routing."""
+
+    k: int = spec(4, "switch radix; k pods, k^3/4 servers", ge=2)
+    fabric_gbit_s: float = spec(400.0, "switch-to-switch link bandwidth, Gb/s", gt=0)
+    routing: str = spec("ecmp", "path selection", choices=("ecmp",))
+
+
+@dataclass(frozen=True)
+class DragonflyConfig(TopologyConfig):
+    """Dragonfly (Kim et al. 2008) with minimal or Valiant routing."""
+
+    name: str = spec("dragonfly", "topology family")
+    a: int = spec(4, "routers per group", ge=1)
+    p: int = spec(2, "servers per router", ge=1)
+    h: int = spec(2, "global links per router", ge=1)
+    g: typing.Optional[int] = spec(None, "groups (default a*h+1)", ge=2)
+    local_gbit_s: float = spec(400.0, "intra-group router link bandwidth, Gb/s", gt=0)
+    global_gbit_s: float = spec(400.0, "inter-group link bandwidth, Gb/s", gt=0)
+    routing: str = spec("minimal", "path selection", choices=("minimal", "valiant"))
+
+
+TOPOLOGIES: dict[str, type[TopologyConfig]] = {
+    "fat_tree": FatTreeConfig,
+    "dragonfly": DragonflyConfig,
+}
+
+
+# --------------------------------------------------------------------------- model, GPU
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the MoE model; see :mod:`helios.moe` for the derived byte and FLOP counts."""
+
+    name: str = spec("deepseek_v3", "model name")
+    num_experts: int = spec(256, "routed experts per MoE layer", ge=1)
+    top_k: int = spec(8, "experts chosen per token", ge=1)
+    hidden_size: int = spec(7168, "model (token) hidden size", ge=1)
+    expert_intermediate_size: int = spec(2048, "expert FFN intermediate size", ge=1)
+    num_moe_layers: int = spec(58, "MoE layers in the whole model", ge=1)
+    param_bytes: float = spec(1.0, "bytes per expert weight (FP8=1, BF16=2)", gt=0)
+    dispatch_bytes: float = spec(1.0, "bytes per activation element sent to experts", gt=0)
+    combine_bytes: float = spec(2.0, "bytes per activation element sent back", gt=0)
+
+
+@dataclass(frozen=True)
+class GpuConfig:
+    """One accelerator: memory for expert weights and a roofline compute model."""
+
+    name: str = spec("h100_sxm", "GPU name")
+    memory_gib: float = spec(80.0, "HBM capacity, GiB", gt=0)
+    expert_memory_fraction: float = spec(0.5, "share of HBM for routed-expert weights", gt=0, le=1)
+    peak_tflops: float = spec(989.0, "dense BF16/FP8-GEMM peak, TFLOP/s", gt=0)
+    efficiency: float = spec(0.5, "achieved fraction of peak in grouped expert GEMMs", gt=0, le=1)
+    hbm_tbyte_s: float = spec(3.35, "HBM bandwidth, TB/s", gt=0)
+    kernel_overhead_us: float = spec(5.0, "fixed cost of one expert batch (launch, sync), us", ge=0)
+
+
+# --------------------------------------------------------------------------- scenario
+@dataclass(frozen=True)
+class ScenarioConfig:
+    """Request arrivals and expert popularity (see :mod:`helios.workload`)."""
+
+    name: str = spec("stationary", "scenario name")
+    rate: float = spec(400.0, "mean request arrival rate, requests/s", gt=0)
+    tokens_per_request: int = spec(128, "mean tokens per request (a batch of tokens)", ge=1)
+    token_distribution: str = spec(
+        "fixed", "tokens per request", choices=("fixed", "poisson", "geometric")
+    )
+    zipf_s: float = spec(1.0, "Zipf exponent of expert popularity (0 = uniform)", ge=0)
+    popularity_seed: typing.Optional[int] = spec(
+        0, "seed of the hot-expert permutation; None = the cell seed", ge=0)
+
+
+SCENARIOS: dict[str, type[ScenarioConfig]] = {"stationary": ScenarioConfig}
+
+
+# --------------------------------------------------------------------------- strategy
+@dataclass(frozen=True)
+class StrategyConfig:
+    """Placement strategy and how tokens pick among an expert's replicas."""
+
+    name: str = spec("round_robin", "placement strategy")
+    routing: str = spec(
+        "nearest", "replica choice per message", choices=("nearest", "round_robin")
+    )
+
+
+STRATEGY_CONFIGS: dict[str, type[StrategyConfig]] = {
+    "round_robin": StrategyConfig,
+    "greedy": StrategyConfig,
+}
+
+
+# --------------------------------------------------------------------------- run control
+@dataclass(frozen=True)
+class SimConfig:
+    """Length, measurement and resolution of one simulation."""
+
+    duration_s: float = spec(0.6, "simulated time during which requests arrive, s", gt=0)
+    warmup_s: float = spec(0.1, "initial time excluded from the metrics, s", ge=0)
+    window_s: float = spec(0.05, "width of a measurement window, s", gt=0)
+    drain_s: float = spec(1.0, "extra time after arrivals stop to finish requests, s", ge=0)
+    layers: int = spec(2, "MoE layers simulated per request", ge=1)
+    slo_ms: float = spec(20.0, "request latency objective for goodput, ms", gt=0)
+    chunk_kib: float = spec(256.0, "chunk size of link transfers, KiB", gt=0)
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    """Optional, bulky outputs."""
+
+    requests: bool = spec(False, "write the per-request latency table")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Where and how a multirun fans out (does not change results)."""
+
+    address: typing.Optional[str] = spec(None, "Ray cluster address; None starts a local Ray")
+    num_workers: typing.Optional[int] = spec(None, "simulation actors; None = one per CPU", ge=1)
+    max_retries: int = spec(2, "retries of a cell whose worker died", ge=0)
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    """Everything one simulation cell depends on."""
+
+    topology: TopologyConfig = field(default_factory=FatTreeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    gpu: GpuConfig = field(default_factory=GpuConfig)
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    seed: int = spec(0, "seed of every random draw of the cell", ge=0)
+    sweep: str = spec("default", "sweep name: results go to <output_dir>/<sweep>/")
+    output_dir: str = spec("results", "root folder of results and the placement cache")
+
+
+#: group name -> registry of option name -> dataclass, for groups chosen by ``name``.
+GROUP_REGISTRIES: dict[str, Mapping[str, type]] = {
+    "topology": TOPOLOGIES,
+    "scenario": SCENARIOS,
+    "strategy": STRATEGY_CONFIGS,
+}
+
+
+# --------------------------------------------------------------------------- parsing
+def _describe_type(tp: Any) -> str:
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    return str(tp)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, options[0], key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if math.isfinite(value):
+                return float(value)
+            raise ConfigError(key, value, "a finite number")
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"unsupported config field type {tp!r} for {key}")
+    raise ConfigError(key, value, _describe_type(tp))
+
+
+def _check_range(value: Any, meta: Mapping[str, Any], key: str) -> None:
+    if value is None:
+        return
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(key, value, "one of " + ", ".join(map(str, choices)))
+    bounds = [("gt", ">", lambda v, b: v > b), ("ge", ">=", lambda v, b: v >= b),
+              ("lt", "<", lambda v, b: v < b), ("le", "<=", lambda v, b: v <= b)]
+    needed = [(sym, b) for name, sym, ok in bounds
+              if (b := meta.get(name)) is not None and not ok(value, b)]
+    if needed:
+        what = " and ".join(f"{sym} {b}" for name, sym, ok in bounds
+                            if (b := meta.get(name)) is not None)
+        raise ConfigError(key, value, f"{_describe_type(type(value))} {what}")
+
+
+def from_mapping(cls: type, data: Mapping[str, Any] | None, prefix: str) -> Any:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and bad values.
+
+    Nested dataclass fields are built recursively; keys are reported with their
+    full dotted path (``prefix.key``).
+    """
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{prefix}.{key}".lstrip("."), data[key],
+                              "unknown key; known keys: " + ", ".join(known))
+    kwargs = {}
+    for name, fld in known.items():
+        if name not in data:
+            continue
+        key = f"{prefix}.{name}".lstrip(".")
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _group_from_mapping(name, tp, data[name], key)
+        else:
+            kwargs[name] = _coerce(data[name], tp, key)
+            _check_range(kwargs[name], fld.metadata, key)
+    return cls(**kwargs)
+
+
+def _group_from_mapping(group: str, default_cls: type, data: Any, key: str) -> Any:
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(key, data, "a mapping of keys")
+    registry = GROUP_REGISTRIES.get(group)
+    if registry is None:
+        return from_mapping(default_cls, data, key)
+    name = (data or {}).get("name", default_cls().name)
+    if name not in registry:
+        raise ConfigError(group, name, "one of " + ", ".join(sorted(registry)))
+    return from_mapping(registry[name], data, key)
+
+
+def cell_config(data: Mapping[str, Any]) -> CellConfig:
+    """Validate a composed config mapping and return the typed :class:`CellConfig`.
+
+    Raises
+    ------
+    ConfigError
+        For the first unknown key, wrong type, out-of-range value or inconsistent
+        combination found.
+    """
+    cfg = from_mapping(CellConfig, {k: v for k, v in data.items() if k != "hydra"}, "")
+    check_consistency(cfg)
+    return cfg
+
+
+def check_consistency(cfg: CellConfig) -> None:
+    """Cross-field checks that no single field can make."""
+    from helios.moe import expert_slots_per_gpu
+
+    model, sim, topo = cfg.model, cfg.sim, cfg.topology
+    if model.top_k > model.num_experts:
+        raise ConfigError("model.top_k", model.top_k,
+                          f"at most model.num_experts ({model.num_experts})")
+    if sim.warmup_s >= sim.duration_s:
+        raise ConfigError("sim.warmup_s", sim.warmup_s,
+                          f"less than sim.duration_s ({sim.duration_s})")
+    if sim.window_s > sim.duration_s:
+        raise ConfigError("sim.window_s", sim.window_s,
+                          f"at most sim.duration_s ({sim.duration_s})")
+    if sim.layers > model.num_moe_layers:
+        raise ConfigError("sim.layers", sim.layers,
+                          f"at most model.num_moe_layers ({model.num_moe_layers})")
+    if isinstance(topo, FatTreeConfig) and topo.k % 2:
+        raise ConfigError("topology.k", topo.k, "an even integer >= 2")
+    if isinstance(topo, DragonflyConfig) and topo.g is not None and topo.g > topo.a * topo.h + 1:
+        raise ConfigError("topology.g", topo.g,
+                          f"at most a*h+1 = {topo.a * topo.h + 1} so every group pair is linked")
+    num_gpus = topology_num_gpus(topo)
+    slots = expert_slots_per_gpu(model, cfg.gpu)
+    if slots * num_gpus < model.num_experts:
+        raise ConfigError(
+            "gpu.expert_memory_fraction", cfg.gpu.expert_memory_fraction,
+            f"too small: {num_gpus} GPUs x {slots} expert slots per layer cannot hold "
+            f"{model.num_experts} experts of {model.name}; give experts more memory or GPUs")
+
+
+def topology_num_gpus(topo: TopologyConfig) -> int:
+    """Number of GPUs the topology config describes, without building the graph."""
+    if isinstance(topo, FatTreeConfig):
+        servers = topo.k**3 // 4
+    elif isinstance(topo, DragonflyConfig):
+        groups = topo.g if topo.g is not None else topo.a * topo.h + 1
+        servers = groups * topo.a * topo.p
+    else:  # pragma: no cover - registry and this function are kept together
+        raise TypeError(type(topo))
+    return servers * topo.gpus_per_server
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Every leaf of a (nested) config dataclass as ``{"dotted.key": value}``."""
+    out: dict[str, Any] = {}
+    for fld in dataclasses.fields(cfg):
+        value = getattr(cfg, fld.name)
+        key = f"{prefix}{fld.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as nested plain dicts (JSON/YAML-ready)."""
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,206 @@
+"""Seeded MoE inference workload: arrivals, request sizes, home GPUs and gating.
+
+Model:
+
+* Requests arrive by a Poisson process of rate ``scenario.rate`` (time-varying rates
+  use thinning, Lewis and Shedler 1979). A request is a batch of tokens that starts
+  on a home GPU drawn uniformly over all GPUs.
+* Every simulated MoE layer has its own expert popularity: Zipf(s) over popularity
+  ranks, ``p_r ~ r^-s``, with the ranks assigned to experts by a random permutation
+  per layer.
+* The gate picks, for each token, ``top_k`` *distinct* experts by successive sampling
+  without replacement proportional to popularity, drawn with the Gumbel-top-k trick
+  (Kool, van Hoof, Welling, ICML 2019).
+* All of a request's draws are made when it arrives, from the popularity in force at
+  its arrival time, in arrival order. So a seed gives the same requests whatever the
+  placement strategy: seeds pair across strategies.
+
+Random streams: the cell seed feeds a :class:`numpy.random.SeedSequence` whose
+children drive arrivals, sizes, homes and gating separately. The popularity
+permutation comes from ``scenario.popularity_seed`` when it is set (the same hot
+experts for every cell seed, so placements are shared across seeds) and from the cell
+seed otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from helios.config import ScenarioConfig
+
+
+@dataclass
+class Request:
+    """One batch of tokens and its gate decisions for every simulated layer."""
+
+    rid: int
+    arrival: float
+    home_gpu: int
+    tokens: int
+    experts: list[np.ndarray]
+    """Per simulated layer, an int array of shape (tokens, top_k) of expert ids."""
+
+
+def zipf_popularity(num_experts: int, s: float, permutation: np.ndarray) -> np.ndarray:
+    """Zipf(s) probabilities over experts; ``permutation[r]`` is the expert of rank r.
+
+    Returns an array of shape (num_experts,) summing to 1.
+    """
+    weights = np.arange(1, num_experts + 1, dtype=float) ** -s
+    probs = np.empty(num_experts)
+    probs[permutation] = weights / weights.sum()
+    return probs
+
+
+def gumbel_top_k(log_probs: np.ndarray, tokens: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw ``k`` distinct experts per token without replacement, proportional to popularity.
+
+    Parameters
+    ----------
+    log_probs : ndarray, shape (E,)
+        Log popularity of each expert (``-inf`` for experts that are never chosen).
+    tokens, k : int
+        Number of tokens and experts per token, ``k <= E``.
+
+    Returns
+    -------
+    ndarray, shape (tokens, k)
+        Expert ids; the order within a row is not meaningful.
+    """
+    keys = log_probs + rng.gumbel(size=(tokens, log_probs.shape[0]))
+    if k == log_probs.shape[0]:
+        return np.broadcast_to(np.arange(k), (tokens, k)).copy()
+    return np.argpartition(-keys, k - 1, axis=1)[:, :k]
+
+
+class Scenario:
+    """Stationary workload; subclasses override :meth:`rate` or :meth:`popularity`.
+
+    Parameters
+    ----------
+    cfg : ScenarioConfig
+        The scenario's config.
+    num_experts, layers : int
+        Experts per layer and simulated layers.
+    rng : numpy.random.Generator
+        Stream for the popularity permutations.
+    """
+
+    def __init__(self, cfg: ScenarioConfig, num_experts: int, layers: int,
+                 rng: np.random.Generator) -> None:
+        self.cfg = cfg
+        self.num_experts = num_experts
+        self.layers = layers
+        self.permutations = [rng.permutation(num_experts) for _ in range(layers)]
+        self._base = np.array([zipf_popularity(num_experts, cfg.zipf_s, p)
+                               for p in self.permutations])
+
+    def rate(self, t: float) -> float:
+        """Arrival rate (requests/s) at time ``t``."""
+        return self.cfg.rate
+
+    @property
+    def max_rate(self) -> float:
+        """An upper bound of :meth:`rate` over the run, for thinning."""
+        return self.cfg.rate
+
+    def popularity(self, t: float) -> np.ndarray:
+        """Expert popularity at time ``t``: shape (layers, num_experts), rows sum to 1."""
+        return self._base
+
+
+SCENARIO_CLASSES: dict[str, type[Scenario]] = {"stationary": Scenario}
+
+
+class Workload:
+    """All random draws of one cell, in arrival order.
+
+    Parameters
+    ----------
+    scenario_cfg : ScenarioConfig
+    num_experts, top_k : int
+    num_gpus : int
+        Home GPUs are uniform over ``range(num_gpus)``.
+    layers : int
+        Simulated MoE layers per request.
+    duration : float
+        Requests arrive in ``[0, duration)``.
+    seed : int
+        The cell seed.
+    """
+
+    def __init__(self, scenario_cfg: ScenarioConfig, num_experts: int, top_k: int,
+                 num_gpus: int, layers: int, duration: float, seed: int) -> None:
+        self.cfg = scenario_cfg
+        self.num_experts, self.top_k = num_experts, top_k
+        self.num_gpus, self.layers, self.duration = num_gpus, layers, duration
+        arrivals, sizes, homes, gate = np.random.SeedSequence(seed).spawn(4)
+        self._arrival_rng = np.random.default_rng(arrivals)
+        self._size_rng = np.random.default_rng(sizes)
+        self._home_rng = np.random.default_rng(homes)
+        self._gate_rng = np.random.default_rng(gate)
+        pop_seed = getattr(scenario_cfg, "popularity_seed", None)
+        self._pop_entropy = [seed, 1] if pop_seed is None else [pop_seed, 2]
+        self.scenario = SCENARIO_CLASSES[scenario_cfg.name](
+            scenario_cfg, num_experts, layers, np.random.default_rng(self._pop_entropy))
+
+    def tokens(self) -> int:
+        """Tokens of the next request (mean ``tokens_per_request``, at least 1)."""
+        mean = self.cfg.tokens_per_request
+        dist = self.cfg.token_distribution
+        if dist == "fixed":
+            return mean
+        if dist == "poisson":
+            return max(1, int(self._size_rng.poisson(mean)))
+        return int(self._size_rng.geometric(1.0 / mean))
+
+    def arrival_times(self) -> Iterator[float]:
+        """Arrival times in ``[0, duration)`` of a (possibly non-homogeneous) Poisson process."""
+        t = 0.0
+        peak = self.scenario.max_rate
+        while True:
+            t += self._arrival_rng.exponential(1.0 / peak)
+            if t >= self.duration:
+                return
+            if self._arrival_rng.random() * peak <= self.scenario.rate(t):
+                yield t
+
+    def requests(self) -> Iterator[Request]:
+        """Requests in arrival order, with all their gate decisions drawn."""
+        for rid, t in enumerate(self.arrival_times()):
+            tokens = self.tokens()
+            home = int(self._home_rng.integers(self.num_gpus))
+            with np.errstate(divide="ignore"):
+                log_pop = np.log(self.scenario.popularity(t))
+            experts = [gumbel_top_k(log_pop[layer], tokens, self.top_k, self._gate_rng)
+                       for layer in range(self.layers)]
+            yield Request(rid, t, home, tokens, experts)
+
+    def expected_load(self, t: float = 0.0, profile_tokens: int = 8192) -> np.ndarray:
+        """Expected token-expert pairs per second of each expert at time ``t``.
+
+        The per-token inclusion probability of an expert under top-k sampling without
+        replacement has no closed form, so it is measured on a profiling batch of
+        ``profile_tokens`` tokens drawn from a stream of its own (the same for every
+        cell seed that shares the popularity).
+
+        Returns
+        -------
+        ndarray, shape (layers, num_experts)
+        """
+        rng = np.random.default_rng([*self._pop_entropy, 3])
+        with np.errstate(divide="ignore"):
+            log_pop = np.log(self.scenario.popularity(t))
+        load = np.empty((self.layers, self.num_experts))
+        for layer in range(self.layers):
+            picks = gumbel_top_k(log_pop[layer], profile_tokens, self.top_k, rng)
+            load[layer] = np.bincount(picks.ravel(), minlength=self.num_experts) / profile_tokens
+        mean_tokens = self.cfg.tokens_per_request
+        return load * self.scenario.rate(t) * mean_tokens
+
+    def source_distribution(self) -> np.ndarray:
+        """Share of requests homed on each GPU: shape (num_gpus,), uniform."""
+        return np.full(self.num_gpus, 1.0 / self.num_gpus)
