@@ -21,7 +21,9 @@ from typing import Any
 from helios import __version__
 from helios.config import CellConfig, DragonflyConfig, FatTreeConfig, TopologyConfig, cell_config, flatten, to_dict
 from helios.moe import model_spec
-from helios.placement import PlacementContext, place
+from helios.placement import PlacementContext
+from helios.placement.cache import obtain_placement
+from helios.sim.adaptation import make_controller
 from helios.sim.engine import Simulation
 from helios.sim.metrics import cell_metrics, window_records
 from helios.workload import Workload
@@ -102,24 +104,28 @@ def prepare(cfg: CellConfig) -> tuple[Any, Any, Workload, PlacementContext]:
     return cluster, spec, workload, ctx
 
 
-def run_cell(cfg: CellConfig | Mapping[str, Any]) -> CellResult:
+def run_cell(cfg: CellConfig | Mapping[str, Any], cache: Any = None) -> CellResult:
     """Simulate one cell and return its table rows.
 
     Parameters
     ----------
     cfg : CellConfig or mapping
         A validated config, or a composed mapping that is validated first.
+    cache : placement cache, optional
+        Where solved placements are shared (see :mod:`helios.placement.cache`);
+        by default a disk cache under ``cfg.output_dir``.
     """
     if not isinstance(cfg, CellConfig):
         cfg = cell_config(cfg)
     cid = cell_id(cfg)
     cluster, spec, workload, ctx = prepare(cfg)
     t0 = time.perf_counter()
-    placement = place(ctx)
+    placement, cache_hit = obtain_placement(ctx, cache)
     placement_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    sim = Simulation(cluster, spec, placement, workload, cfg.sim, routing=cfg.strategy.routing).run()
+    sim = Simulation(cluster, spec, placement, workload, cfg.sim, routing=cfg.strategy.routing,
+                     controller=make_controller(cfg)).run()
     sim_s = time.perf_counter() - t0
     metrics = cell_metrics(sim)
 
@@ -130,8 +136,9 @@ def run_cell(cfg: CellConfig | Mapping[str, Any]) -> CellResult:
         "strategy": cfg.strategy.name, "seed": cfg.seed,
         **{f"cfg.{k}": v for k, v in flatten(cfg).items()},
         **asdict(metrics),
-        "replicas_added": 0, "replicas_evicted": 0, "replication_bytes": 0.0,
-        "placement_cache": placement.info.get("cache", "miss"),
+        "replicas_added": sim.replicas_added, "replicas_evicted": sim.replicas_evicted,
+        "replication_bytes": sim.replication_bytes,
+        "placement_cache": "hit" if cache_hit else "miss",
         "placement_s": placement_s,
         "ilp_status": placement.info.get("ilp_status", ""),
         "ilp_gap": float(placement.info.get("ilp_gap", float("nan"))),
@@ -143,7 +150,7 @@ def run_cell(cfg: CellConfig | Mapping[str, Any]) -> CellResult:
     tables = {
         "cells": [row],
         "timeseries": [{**keys, "window": i, **asdict(w)} for i, w in enumerate(window_records(sim))],
-        "events": [],
+        "events": [{**keys, **event} for event in sim.adaptation_events],
         "requests": [{**keys, **asdict(r)} for r in sim.records] if cfg.record.requests else [],
     }
     summary = summary_line(cfg.strategy.name, metrics.p99_ms, metrics.goodput_tok_s,

@@ -126,19 +126,49 @@ SCENARIOS: dict[str, type[ScenarioConfig]] = {"stationary": ScenarioConfig}
 
 # --------------------------------------------------------------------------- strategy
 @dataclass(frozen=True)
+class IlpConfig:
+    """Solver settings and objective weights of the Helios placement ILP."""
+
+    solver: str = spec("cbc", "MILP solver", choices=("cbc", "highs"))
+    time_limit_s: float = spec(30.0, "solver time limit, s", gt=0)
+    mip_gap: float = spec(0.01, "relative MIP gap at which the solver stops", ge=0, lt=1)
+    latency_weight: float = spec(1.0, "weight of expected dispatch+combine latency", ge=0)
+    congestion_weight: float = spec(1.0, "weight of the max expected link utilisation", ge=0)
+    compute_weight: float = spec(1.0, "weight of the max expected GPU compute load", ge=0)
+
+
+@dataclass(frozen=True)
+class EplbConfig:
+    """DeepSeek EPLB parameters (see :mod:`helios.placement.eplb`)."""
+
+    num_redundant: int = spec(16, "redundant expert slots per layer, over the cluster", ge=0)
+    num_groups: int = spec(1, "expert groups (hierarchical policy when it divides by nodes)", ge=1)
+
+
+@dataclass(frozen=True)
+class AdaptationConfig:
+    """Runtime adaptation engine (strategies ``helios_dynamic`` and ``eplb_dynamic``)."""
+
+    ewma_alpha: float = spec(0.5, "weight of the newest window in the expert-load EWMA", gt=0, le=1)
+    hot_threshold: float = spec(2.0, "replicate when load per replica exceeds this x mean", gt=1)
+    cold_threshold: float = spec(0.25, "evict when load per replica stays under this x mean", ge=0)
+    evict_after_windows: int = spec(3, "windows a replica must stay cold before eviction", ge=1)
+    max_replicas_per_expert: int = spec(4, "replica cap per (layer, expert)", ge=1)
+
+
+@dataclass(frozen=True)
 class StrategyConfig:
-    """Placement strategy and how tokens pick among an expert's replicas."""
+    """Placement strategy, its parameters, and how tokens pick among replicas.
 
-    name: str = spec("round_robin", "placement strategy")
-    routing: str = spec(
-        "nearest", "replica choice per message", choices=("nearest", "round_robin")
-    )
+    Every strategy carries every section, so that all cells of a sweep share one
+    column set; a strategy reads only its own sections.
+    """
 
-
-STRATEGY_CONFIGS: dict[str, type[StrategyConfig]] = {
-    "round_robin": StrategyConfig,
-    "greedy": StrategyConfig,
-}
+    name: str = spec("round_robin", "strategy (see helios.placement.STRATEGIES)")
+    routing: str = spec("nearest", "replica choice per message (see helios.sim.routing.ROUTERS)")
+    ilp: IlpConfig = field(default_factory=IlpConfig)
+    eplb: EplbConfig = field(default_factory=EplbConfig)
+    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
 
 
 # --------------------------------------------------------------------------- run control
@@ -192,7 +222,6 @@ class CellConfig:
 GROUP_REGISTRIES: dict[str, Mapping[str, type]] = {
     "topology": TOPOLOGIES,
     "scenario": SCENARIOS,
-    "strategy": STRATEGY_CONFIGS,
 }
 
 
@@ -307,8 +336,15 @@ def cell_config(data: Mapping[str, Any]) -> CellConfig:
 def check_consistency(cfg: CellConfig) -> None:
     """Cross-field checks that no single field can make."""
     from helios.moe import expert_slots_per_gpu
+    from helios.placement import STRATEGIES
+    from helios.sim.routing import ROUTERS
 
     model, sim, topo = cfg.model, cfg.sim, cfg.topology
+    if cfg.strategy.name not in STRATEGIES:
+        raise ConfigError("strategy", cfg.strategy.name, "one of " + ", ".join(sorted(STRATEGIES)))
+    if cfg.strategy.routing not in ROUTERS:
+        raise ConfigError("strategy.routing", cfg.strategy.routing,
+                          "one of " + ", ".join(sorted(ROUTERS)))
     if model.top_k > model.num_experts:
         raise ConfigError("model.top_k", model.top_k,
                           f"at most model.num_experts ({model.num_experts})")

@@ -1,27 +1,40 @@
 """Expert placement strategies and their registry.
 
-A strategy is a function ``(PlacementContext) -> Placement``. Look one up with
-:func:`get_strategy`; an unknown name fails with the list of valid names.
+A strategy names a placement function ``(PlacementContext) -> Placement`` and the
+sections of :class:`~helios.config.StrategyConfig` that placement depends on (they
+enter the placement cache key). Look one up with :func:`get_strategy`; an unknown
+name fails with the list of valid names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from helios.errors import ConfigError
 from helios.placement.base import Placement, PlacementContext, check_fits
 from helios.placement.baselines import greedy, round_robin
 
-StrategyFn = Callable[[PlacementContext], Placement]
+PlaceFn = Callable[[PlacementContext], Placement]
 
-STRATEGIES: dict[str, StrategyFn] = {
-    "round_robin": round_robin,
-    "greedy": greedy,
+
+@dataclass(frozen=True)
+class Strategy:
+    """A registered strategy: how it places experts, and what that depends on."""
+
+    place: PlaceFn
+    params: tuple[str, ...] = ()
+    """Sections of ``StrategyConfig`` (e.g. ``"ilp"``) the placement reads."""
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "round_robin": Strategy(round_robin),
+    "greedy": Strategy(greedy),
 }
 
 
-def get_strategy(name: str) -> StrategyFn:
-    """The placement function registered as ``name``."""
+def get_strategy(name: str) -> Strategy:
+    """The strategy registered as ``name``."""
     try:
         return STRATEGIES[name]
     except KeyError:
@@ -31,9 +44,9 @@ def get_strategy(name: str) -> StrategyFn:
 def place(ctx: PlacementContext) -> Placement:
     """Run the context's strategy and check the result against the memory budget."""
     check_fits(ctx.num_experts, ctx.num_gpus, ctx.slots_per_gpu)
-    placement = get_strategy(ctx.strategy.name)(ctx)
+    placement = get_strategy(ctx.strategy.name).place(ctx)
     placement.validate(ctx.num_experts, ctx.slots_per_gpu)
     return placement
 
 
-__all__ = ["Placement", "PlacementContext", "STRATEGIES", "get_strategy", "place"]
+__all__ = ["Placement", "PlacementContext", "STRATEGIES", "Strategy", "get_strategy", "place"]

@@ -120,7 +120,14 @@ class Simulation:
         self.cross_server_bytes = 0.0
         self.pairs_dispatched = 0
         self.pairs_combined = 0
+        # Written by the adaptation controller (helios.sim.adaptation), read by metrics.
         self.replication_bytes_in_flight = 0.0
+        self.replicas_added = 0
+        self.replicas_evicted = 0
+        self.replication_bytes = 0.0
+        self.adaptation_events: list[dict[str, Any]] = []
+        #: When a list, every (time, layer, expert, gpu, pairs) dispatch decision is appended (tests).
+        self.dispatch_log: list[tuple[float, int, int, int, int]] | None = None
         self.window_samples: list[dict[str, float]] = []
         self._in_system = 0
         self._area = 0.0
@@ -179,6 +186,10 @@ class Simulation:
         chosen = np.flatnonzero(pairs_e)
         gpu_of = self._assign(layer, chosen, req.home_gpu)
         dest_of_chosen = gpu_of[chosen]
+        if self.dispatch_log is not None:
+            now = self.env.now
+            self.dispatch_log.extend((now, layer, int(e), int(g), int(n)) for e, g, n in
+                                     zip(chosen, dest_of_chosen, pairs_e[chosen]))
         seconds = np.bincount(dest_of_chosen, weights=spec.batch_seconds(pairs_e[chosen]),
                               minlength=G)
         pairs = np.bincount(dest_of_chosen, weights=pairs_e[chosen], minlength=G)
