@@ -111,8 +111,8 @@ class ScenarioConfig:
     """Request arrivals and expert popularity (see :mod:`helios.workload`)."""
 
     name: str = spec("stationary", "scenario name")
-    rate: float = spec(400.0, "mean request arrival rate, requests/s", gt=0)
-    tokens_per_request: int = spec(128, "mean tokens per request (a batch of tokens)", ge=1)
+    rate: float = spec(1000.0, "mean request arrival rate, requests/s", gt=0)
+    tokens_per_request: int = spec(512, "mean tokens per request (a batch of tokens)", ge=1)
     token_distribution: str = spec(
         "fixed", "tokens per request", choices=("fixed", "poisson", "geometric")
     )
@@ -135,6 +135,8 @@ class IlpConfig:
     latency_weight: float = spec(1.0, "weight of expected dispatch+combine latency", ge=0)
     congestion_weight: float = spec(1.0, "weight of the max expected link utilisation", ge=0)
     compute_weight: float = spec(1.0, "weight of the max expected GPU compute load", ge=0)
+    message_tokens: int = spec(
+        16, "tokens of the representative dispatch message in the latency term", ge=1)
 
 
 @dataclass(frozen=True)
@@ -176,13 +178,13 @@ class StrategyConfig:
 class SimConfig:
     """Length, measurement and resolution of one simulation."""
 
-    duration_s: float = spec(0.6, "simulated time during which requests arrive, s", gt=0)
-    warmup_s: float = spec(0.1, "initial time excluded from the metrics, s", ge=0)
-    window_s: float = spec(0.05, "width of a measurement window, s", gt=0)
+    duration_s: float = spec(0.35, "simulated time during which requests arrive, s", gt=0)
+    warmup_s: float = spec(0.05, "initial time excluded from the metrics, s", ge=0)
+    window_s: float = spec(0.025, "width of a measurement window, s", gt=0)
     drain_s: float = spec(1.0, "extra time after arrivals stop to finish requests, s", ge=0)
     layers: int = spec(2, "MoE layers simulated per request", ge=1)
-    slo_ms: float = spec(20.0, "request latency objective for goodput, ms", gt=0)
-    chunk_kib: float = spec(256.0, "chunk size of link transfers, KiB", gt=0)
+    slo_ms: float = spec(10.0, "request latency objective for goodput, ms", gt=0)
+    chunk_kib: float = spec(512.0, "chunk size of link transfers, KiB", gt=0)
 
 
 @dataclass(frozen=True)

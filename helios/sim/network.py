@@ -44,6 +44,7 @@ class LinkMeter:
     def __init__(self, num_links: int, window: float, horizon: float,
                  measure_start: float, measure_end: float) -> None:
         self.window = window
+        self.inv_window = 1.0 / window
         self.num_windows = int(math.ceil(horizon / window)) + 1
         self.busy_windows = [[0.0] * num_links for _ in range(self.num_windows)]
         self.busy_measured = [0.0] * num_links
@@ -53,10 +54,12 @@ class LinkMeter:
     def record(self, link: int, begin: float, finish: float, nbytes: float) -> None:
         """Account link ``link`` busy on ``[begin, finish)`` sending ``nbytes``."""
         self.bytes_total[link] += nbytes
-        overlap = min(finish, self.end) - max(begin, self.start)
-        if overlap > 0:
-            self.busy_measured[link] += overlap
+        if finish > self.start and begin < self.end:
+            self.busy_measured[link] += min(finish, self.end) - max(begin, self.start)
         w = int(begin / self.window)
+        if finish <= (w + 1) * self.window:  # the common case: within one window
+            self.busy_windows[w][link] += finish - begin
+            return
         while True:
             edge = (w + 1) * self.window
             if finish <= edge or w + 1 >= self.num_windows:
@@ -115,33 +118,60 @@ class Network:
             return
         full, rest = divmod(nbytes, self.chunk)
         sizes = [self.chunk] * int(full) + ([rest] if rest > 0 else [])
-        state = _Message(path, len(sizes), on_delivered)
+        msg = _Message(path, len(sizes), on_delivered)
         for size in sizes:
-            self._enter(state, size, 0)
+            self._advance(_Chunk(self, msg, size))
 
     def backlog(self, link: int) -> float:
         """Seconds of queued work on ``link`` ahead of a chunk arriving now."""
         return max(0.0, self.free_at[link] - self.env.now)
 
-    def _enter(self, msg: "_Message", size: float, hop: int) -> None:
-        link = msg.path[hop]
-        now = self.env.now
+    def _advance(self, chunk: "_Chunk") -> None:
+        """The chunk has reached the entry of link ``path[hop]`` (or its destination)."""
+        msg = chunk.msg
+        path = msg.path
+        hop = chunk.hop
+        size = chunk.size
+        if hop == len(path):
+            self.bytes_delivered += size
+            msg.chunks_left -= 1
+            if msg.chunks_left == 0:
+                msg.on_delivered()
+            return
+        link = path[hop]
+        now = self.env._now  # hot path: SimPy's clock without the property call
         free = self.free_at[link]
         begin = free if free > now else now
         finish = begin + size * self.inv_bw[link]
         self.free_at[link] = finish
-        self.meter.record(link, begin, finish, size)
-        ev = Timeout(self.env, finish + self.latency[link] - now)
-        ev.callbacks.append(lambda _e: self._arrive(msg, size, hop + 1))
+        meter = self.meter
+        w = int(begin * meter.inv_window)
+        if finish <= (w + 1) * meter.window and (
+                finish <= meter.start or begin >= meter.end
+                or (meter.start <= begin and finish <= meter.end)):
+            # Inlined common case of LinkMeter.record: within one window, and wholly
+            # inside or outside the measured interval.
+            busy = finish - begin
+            meter.bytes_total[link] += size
+            meter.busy_windows[w][link] += busy
+            if meter.start <= begin and finish <= meter.end:
+                meter.busy_measured[link] += busy
+        else:
+            meter.record(link, begin, finish, size)
+        chunk.hop = hop + 1
+        Timeout(self.env, finish + self.latency[link] - now).callbacks.append(chunk)
 
-    def _arrive(self, msg: "_Message", size: float, hop: int) -> None:
-        if hop < len(msg.path):
-            self._enter(msg, size, hop)
-            return
-        self.bytes_delivered += size
-        msg.chunks_left -= 1
-        if msg.chunks_left == 0:
-            msg.on_delivered()
+
+class _Chunk:
+    """A chunk in flight; called by SimPy when it reaches its next hop."""
+
+    __slots__ = ("net", "msg", "size", "hop")
+
+    def __init__(self, net: Network, msg: "_Message", size: float) -> None:
+        self.net, self.msg, self.size, self.hop = net, msg, size, 0
+
+    def __call__(self, _event: object) -> None:
+        self.net._advance(self)
 
 
 class _Message:

@@ -1,0 +1,11 @@
+"""Benchmarks: ``python -m helios.bench <name> [options]`` prints a table of figures.
+
+Each benchmark is a module of this package with a ``main(argv) -> int`` function,
+registered in :data:`BENCHMARKS`.
+"""
+
+from __future__ import annotations
+
+BENCHMARKS: dict[str, str] = {
+    "engine": "helios.bench.engine",
+}
