@@ -120,6 +120,13 @@ class ScenarioConfig:
     popularity_seed: typing.Optional[int] = spec(
         0, "seed of the hot-expert permutation; None = the cell seed", ge=0)
 
+    def validate(self, cell: Any) -> None:
+        """Scenario checks that need the whole cell config (e.g. a trace file); none here.
+
+        Called by :func:`check_consistency`; subclasses in :mod:`helios.scenarios`
+        override it and raise :class:`ConfigError`.
+        """
+
 
 SCENARIOS: dict[str, type[ScenarioConfig]] = {"stationary": ScenarioConfig}
 
@@ -156,6 +163,11 @@ class AdaptationConfig:
     cold_threshold: float = spec(0.25, "evict when load per replica stays under this x mean", ge=0)
     evict_after_windows: int = spec(3, "windows a replica must stay cold before eviction", ge=1)
     max_replicas_per_expert: int = spec(4, "replica cap per (layer, expert)", ge=1)
+    gpu_congested_util: float = spec(
+        0.5, "a GPU is congested when its EWMA busy fraction reaches this", gt=0, le=1)
+    link_congested_util: float = spec(
+        0.5, "a replica's paths are congested when their EWMA link utilisation reaches this", gt=0, le=1)
+    max_transfers_in_flight: int = spec(8, "helios_dynamic: replica transfers in flight at once", ge=1)
 
 
 @dataclass(frozen=True)
@@ -266,12 +278,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(key, value, _describe_type(tp))
 
 
-def _check_range(value: Any, meta: Mapping[str, Any], key: str) -> None:
+def _check_range(value: Any, meta: Mapping[str, Any], key: str, given: Any) -> None:
+    """Check bounds of the coerced ``value``; errors show the user's ``given`` value."""
     if value is None:
         return
     choices = meta.get("choices")
     if choices is not None and value not in choices:
-        raise ConfigError(key, value, "one of " + ", ".join(map(str, choices)))
+        raise ConfigError(key, given, "one of " + ", ".join(map(str, choices)))
     bounds = [("gt", ">", lambda v, b: v > b), ("ge", ">=", lambda v, b: v >= b),
               ("lt", "<", lambda v, b: v < b), ("le", "<=", lambda v, b: v <= b)]
     needed = [(sym, b) for name, sym, ok in bounds
@@ -279,7 +292,7 @@ def _check_range(value: Any, meta: Mapping[str, Any], key: str) -> None:
     if needed:
         what = " and ".join(f"{sym} {b}" for name, sym, ok in bounds
                             if (b := meta.get(name)) is not None)
-        raise ConfigError(key, value, f"{_describe_type(type(value))} {what}")
+        raise ConfigError(key, given, f"{_describe_type(type(value))} {what}")
 
 
 def from_mapping(cls: type, data: Mapping[str, Any] | None, prefix: str) -> Any:
@@ -305,7 +318,7 @@ def from_mapping(cls: type, data: Mapping[str, Any] | None, prefix: str) -> Any:
             kwargs[name] = _group_from_mapping(name, tp, data[name], key)
         else:
             kwargs[name] = _coerce(data[name], tp, key)
-            _check_range(kwargs[name], fld.metadata, key)
+            _check_range(kwargs[name], fld.metadata, key, data[name])
     return cls(**kwargs)
 
 
@@ -359,6 +372,12 @@ def check_consistency(cfg: CellConfig) -> None:
     if sim.layers > model.num_moe_layers:
         raise ConfigError("sim.layers", sim.layers,
                           f"at most model.num_moe_layers ({model.num_moe_layers})")
+    cfg.scenario.validate(cfg)
+    adapt = cfg.strategy.adaptation
+    if adapt.cold_threshold >= adapt.hot_threshold:
+        raise ConfigError("strategy.adaptation.cold_threshold", adapt.cold_threshold,
+                          f"less than strategy.adaptation.hot_threshold ({adapt.hot_threshold}), "
+                          "so that a replica is not added and evicted in turn")
     if isinstance(topo, FatTreeConfig) and topo.k % 2:
         raise ConfigError("topology.k", topo.k, "an even integer >= 2")
     if isinstance(topo, DragonflyConfig) and topo.g is not None and topo.g > topo.a * topo.h + 1:
@@ -401,3 +420,8 @@ def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
 def to_dict(cfg: Any) -> dict[str, Any]:
     """The config as nested plain dicts (JSON/YAML-ready)."""
     return dataclasses.asdict(cfg)
+
+
+# The drift scenarios (helios.scenarios) register their configs into SCENARIOS; importing
+# helios.workload imports them. Kept last: every name they need from here is defined.
+import helios.workload  # noqa: E402,F401

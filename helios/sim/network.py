@@ -56,13 +56,14 @@ class LinkMeter:
         self.bytes_total[link] += nbytes
         if finish > self.start and begin < self.end:
             self.busy_measured[link] += min(finish, self.end) - max(begin, self.start)
-        w = int(begin / self.window)
-        if finish <= (w + 1) * self.window:  # the common case: within one window
-            self.busy_windows[w][link] += finish - begin
+        # Work queued beyond the end of the table never happens: the run stops first.
+        finish = min(finish, self.num_windows * self.window)
+        if begin >= finish:
             return
+        w = int(begin / self.window)
         while True:
             edge = (w + 1) * self.window
-            if finish <= edge or w + 1 >= self.num_windows:
+            if finish <= edge:
                 self.busy_windows[w][link] += finish - begin
                 return
             self.busy_windows[w][link] += edge - begin
@@ -146,7 +147,7 @@ class Network:
         self.free_at[link] = finish
         meter = self.meter
         w = int(begin * meter.inv_window)
-        if finish <= (w + 1) * meter.window and (
+        if finish <= (w + 1) * meter.window and w < meter.num_windows and (
                 finish <= meter.start or begin >= meter.end
                 or (meter.start <= begin and finish <= meter.end)):
             # Inlined common case of LinkMeter.record: within one window, and wholly

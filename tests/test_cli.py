@@ -1,0 +1,82 @@
+"""The one-cell command line and its handling of bad input."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helios.sweep import main
+
+ROOT = Path(__file__).resolve().parent.parent
+SUMMARY = re.compile(r"^Strategy: (\w+), P99 Latency: [\d.]+ ms, Goodput: [\d.]+ tokens/sec, "
+                     r"Max Link Congestion: [\d.]+%$")
+FAST = ["model=tiny", "topology.k=2", "sim.duration_s=0.1", "sim.warmup_s=0.02",
+        "sim.window_s=0.02", "scenario.tokens_per_request=32"]
+
+BAD_INPUTS = [
+    (["topology.k=3"], "topology.k=3"),
+    (["topology.k=0"], "topology.k=0"),
+    (["model.top_k=20", "model=tiny"], "model.top_k=20"),
+    (["scenario.rate=-5"], "scenario.rate=-5"),
+    (["topology.nic_gbit_s=-400"], "topology.nic_gbit_s=-400"),
+    (["topology.fabric_gbit_s=0"], "topology.fabric_gbit_s=0"),
+    (["sim.duration_s=-1"], "sim.duration_s=-1"),
+    (["sim.warmup_s=0.5", "sim.duration_s=0.3"], "sim.warmup_s=0.5"),
+    (["model=mixtral_8x7b", "gpu.expert_memory_fraction=0.01"], "gpu.expert_memory_fraction=0.01"),
+    (["topology=torus"], "topology=torus"),
+    (["model=gpt5"], "model=gpt5"),
+    (["strategy=magic"], "strategy=magic"),
+    (["strategy.routing=telepathy"], "strategy.routing=telepathy"),
+    (["sim.layers=abc"], "sim.layers=abc"),
+    (["sim.bogus=1"], "sim.bogus=1"),
+    (["+sim.bogus=1"], "sim.bogus=1"),
+    (["seed=-1"], "seed=-1"),
+    (["topology=dragonfly", "topology.g=100"], "topology.g=100"),
+    (["topology=dragonfly", "topology.routing=ugal"], "topology.routing=ugal"),
+    (["scenario.token_distribution=zipf"], "scenario.token_distribution=zipf"),
+    (["sim.layers=100"], "sim.layers=100"),
+    (["record.requests=maybe"], "record.requests=maybe"),
+]
+
+
+@pytest.mark.parametrize("argv,named", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, named, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, f"output_dir={tmp_path}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"helios: config error: {named}: ")
+    assert not any(tmp_path.iterdir())
+
+
+def _run(args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "helios.sweep", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_runs_one_cell_prints_the_summary_and_writes_parquet(tmp_path):
+    from helios.results import load
+
+    proc = _run([*FAST, "strategy=greedy", "seed=3", f"output_dir={tmp_path}/res"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("Strategy:")]
+    assert len(lines) == 1 and SUMMARY.match(lines[0]), proc.stdout
+    cells = load(tmp_path / "res" / "default", "cells")
+    assert len(cells) == 1
+    assert cells.loc[0, "strategy"] == "greedy" and cells.loc[0, "seed"] == 3
+    assert f"{cells.loc[0, 'p99_ms']:.1f} ms" in lines[0]
+
+
+def test_cli_config_error_has_no_traceback(tmp_path):
+    proc = _run(["topology.k=5", f"output_dir={tmp_path}/res"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "helios: config error: topology.k=5: an even integer >= 2"
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "res").exists()

@@ -1,0 +1,91 @@
+"""Workload draws: Poisson arrivals, Zipf popularity, top-k sampling, seeding; MoE figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from _configs import config
+from helios.moe import expert_bytes, expert_slots_per_gpu, model_spec
+from helios.workload import Workload, gumbel_top_k, sample_top_k, zipf_popularity
+
+
+def workload(seed=0, **scenario):
+    cfg = config()
+    from dataclasses import replace
+    sc = replace(cfg.scenario, **scenario)
+    return Workload(sc, 16, 2, 8, layers=2, duration=2.0, seed=seed)
+
+
+def test_zipf_popularity_follows_rank_power_law():
+    perm = np.random.default_rng(1).permutation(10)
+    p = zipf_popularity(10, 1.2, perm)
+    assert p.sum() == pytest.approx(1)
+    assert p[perm[0]] / p[perm[3]] == pytest.approx(4**1.2)
+
+
+@pytest.mark.parametrize("sampler", [sample_top_k, lambda p, t, k, r: gumbel_top_k(np.log(p), t, k, r)])
+def test_top_k_sampling_is_without_replacement_and_matches_exact_inclusion(sampler):
+    """Compare with exact inclusion probabilities of successive sampling (enumerated)."""
+    p = np.array([0.5, 0.25, 0.15, 0.1])
+    k = 2
+    # P(i in first two) = p_i + sum_{j != i} p_j * p_i / (1 - p_j)
+    exact = np.array([p[i] + sum(p[j] * p[i] / (1 - p[j]) for j in range(4) if j != i)
+                      for i in range(4)])
+    picks = sampler(p, 100_000, k, np.random.default_rng(3))
+    assert all(len(set(row)) == k for row in picks[:2000])
+    freq = np.bincount(picks.ravel(), minlength=4) / 100_000
+    np.testing.assert_allclose(freq, exact, atol=0.006)
+
+
+def test_arrivals_are_poisson_at_the_configured_rate():
+    wl = workload(rate=2000.0)
+    times = np.array(list(wl.arrival_times()))
+    assert len(times) == pytest.approx(4000, rel=0.05)
+    gaps = np.diff(times)
+    assert stats.kstest(gaps, "expon", args=(0, 1 / 2000)).pvalue > 0.01
+
+
+def test_requests_are_reproducible_and_seed_dependent():
+    a = list(workload(seed=5).requests())[:50]
+    b = list(workload(seed=5).requests())[:50]
+    c = list(workload(seed=6).requests())[:50]
+    assert [r.arrival for r in a] == [r.arrival for r in b]
+    assert all((x.experts[1] == y.experts[1]).all() for x, y in zip(a, b))
+    assert [r.arrival for r in a] != [r.arrival for r in c]
+
+
+def test_popularity_seed_fixes_hot_experts_across_cell_seeds():
+    assert (workload(seed=1).scenario.popularity(0) == workload(seed=2).scenario.popularity(0)).all()
+    free = [workload(seed=s, popularity_seed=None).scenario.popularity(0) for s in (1, 2)]
+    assert not (free[0] == free[1]).all()
+
+
+def test_token_distributions_have_the_configured_mean():
+    for dist in ("fixed", "poisson", "geometric"):
+        wl = workload(token_distribution=dist, tokens_per_request=40)
+        sizes = [wl.tokens() for _ in range(4000)]
+        assert min(sizes) >= 1
+        assert np.mean(sizes) == pytest.approx(40, rel=0.05)
+
+
+def test_expected_load_sums_to_rate_times_tokens_times_k():
+    wl = workload(rate=100.0, tokens_per_request=10)
+    load = wl.expected_load()
+    assert load.shape == (2, 16)
+    np.testing.assert_allclose(load.sum(axis=1), 100 * 10 * 2)
+
+
+def test_moe_figures_for_deepseek_v3_on_h100():
+    cfg = config("model=deepseek_v3", base=())
+    spec = model_spec(cfg.model, cfg.gpu)
+    assert expert_bytes(cfg.model) == 3 * 7168 * 2048 * 1
+    assert spec.flops_per_token == 6 * 7168 * 2048
+    assert spec.dispatch_token_bytes == 7168 and spec.combine_token_bytes == 2 * 7168
+    # one token is weight-read bound; a big batch is compute bound
+    assert spec.batch_seconds(1) == pytest.approx(spec.weight_read_seconds + spec.kernel_overhead_s)
+    assert spec.batch_seconds(100_000) == pytest.approx(100_000 * spec.token_seconds + spec.kernel_overhead_s)
+    assert spec.batch_seconds(0) == 0
+    budget = 80 * 1024**3 * 0.5
+    assert expert_slots_per_gpu(cfg.model, cfg.gpu) == int(budget // (expert_bytes(cfg.model) * 58))
