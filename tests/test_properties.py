@@ -1,0 +1,95 @@
+"""Property tests (Hypothesis) of the engine on small random clusters and workloads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from helios.cell import prepare, run_cell
+from helios.config import cell_config
+from helios.placement import place
+from helios.sim.engine import Simulation
+from helios.workload import Workload
+
+TIMING = ["sim_s", "placement_s", "placement_cache", "host", "git_sha"]
+
+
+@st.composite
+def cells(draw):
+    if draw(st.booleans()):
+        topology = {"name": "fat_tree", "k": draw(st.sampled_from([2, 4]))}
+    else:
+        topology = {"name": "dragonfly", "a": draw(st.integers(1, 2)), "p": draw(st.integers(1, 2)),
+                    "h": draw(st.integers(1, 2))}
+    topology["gpus_per_server"] = draw(st.integers(1, 4))
+    topology["nic_gbit_s"] = draw(st.sampled_from([25.0, 100.0, 400.0]))
+    experts = draw(st.integers(2, 24))
+    model = {"name": "tiny", "num_experts": experts, "top_k": draw(st.integers(1, min(4, experts))),
+             "hidden_size": draw(st.sampled_from([256, 1024, 4096])), "expert_intermediate_size": 512,
+             "num_moe_layers": 4, "param_bytes": 2.0, "dispatch_bytes": 2.0, "combine_bytes": 2.0}
+    scenario = {"rate": draw(st.floats(50, 3000)), "tokens_per_request": draw(st.integers(1, 64)),
+                "token_distribution": draw(st.sampled_from(["fixed", "poisson", "geometric"])),
+                "zipf_s": draw(st.floats(0, 2))}
+    sim = {"duration_s": 0.06, "warmup_s": 0.01, "window_s": 0.01, "drain_s": 0.5,
+           "layers": draw(st.integers(1, 3)), "chunk_kib": draw(st.sampled_from([16.0, 512.0]))}
+    strategy = {"name": draw(st.sampled_from(["round_robin", "greedy"]))}
+    return cell_config({"topology": topology, "model": model, "scenario": scenario, "sim": sim,
+                        "strategy": strategy, "seed": draw(st.integers(0, 2**16))})
+
+
+PROPERTY = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _simulate(cfg):
+    cluster, spec, workload, ctx = prepare(cfg)
+    placement = place(ctx)
+    sim = Simulation(cluster, spec, placement, workload, cfg.sim).run()
+    return cluster, spec, ctx, placement, sim
+
+
+@PROPERTY
+@given(cells())
+def test_conservation_bounds_and_memory(cfg):
+    cluster, spec, ctx, placement, sim = _simulate(cfg)
+    # placements within memory, every expert placed
+    assert (placement.memory_use() <= spec.slots_per_gpu).all()
+    assert (placement.replica_counts() >= 1).all()
+    # token and byte conservation (the run drains: light load and a long drain)
+    assert sim.pairs_dispatched == sim.gpus.pairs_computed == sim.pairs_combined
+    assert np.isclose(sim.network.bytes_sent, sim.network.bytes_delivered)
+    # utilisation is a fraction
+    util, windows = sim.link_meter.utilisation(), sim.link_meter.window_utilisation()
+    assert (util >= 0).all() and (util <= 1 + 1e-9).all()
+    assert (windows >= 0).all() and (windows <= 1 + 1e-9).all()
+    # every request takes at least its no-contention time
+    replay = Workload(cfg.scenario, spec.num_experts, spec.top_k, cluster.num_gpus,
+                      cfg.sim.layers, cfg.sim.duration_s, cfg.seed)
+    finished = {r.rid: r.latency_ms / 1e3 for r in sim.records}
+    gpu_of = placement.primary()
+    for req in replay.requests():
+        bound = 0.0
+        for layer, experts in enumerate(req.experts):
+            pairs = np.bincount(experts.ravel(), minlength=spec.num_experts)
+            per_gpu: dict[int, list] = {}
+            for e in np.flatnonzero(pairs):
+                per_gpu.setdefault(int(gpu_of[layer, e]), []).append(pairs[e])
+            layer_bound = 0.0
+            for g, batches in per_gpu.items():
+                tokens = int(np.isin(experts, np.flatnonzero(gpu_of[layer] == g)).any(axis=1).sum())
+                t = (cluster.path_latency(req.home_gpu, g, tokens * spec.dispatch_token_bytes)
+                     + float(np.sum(spec.batch_seconds(np.array(batches))))
+                     + cluster.path_latency(g, req.home_gpu, tokens * spec.combine_token_bytes))
+                layer_bound = max(layer_bound, t)
+            bound += layer_bound
+        if req.rid in finished:
+            assert finished[req.rid] >= bound * (1 - 1e-9)
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cells())
+def test_rerun_is_identical(cfg):
+    a = pd.DataFrame(run_cell(cfg).tables["cells"]).drop(columns=TIMING)
+    b = pd.DataFrame(run_cell(cfg).tables["cells"]).drop(columns=TIMING)
+    pd.testing.assert_frame_equal(a, b)
