@@ -1,0 +1,493 @@
+"""Statistics of a sweep across seeds, as DataFrames: :func:`analyse`.
+
+Method (also written into every report):
+
+* **Unit of replication** is the seed. A group is one combination of the group-by keys
+  (default ``topology x model x scenario``); inside a group each (strategy, seed) must be
+  exactly one cell, else the group-by keys are too coarse and :class:`ConfigError` says
+  which ``cfg.*`` columns still vary.
+* **Mean and 95% CI** per (group, strategy, metric) over seeds. Default: Student t,
+  ``mean +/- t_{0.975, n-1} * s / sqrt(n)`` (``scipy.stats.t.interval``). Option
+  ``ci="bootstrap"``: percentile bootstrap of the mean (``scipy.stats.bootstrap``, 9,999
+  resamples, generator seeded from ``seed`` and the row's key with ``zlib.crc32``).
+  One seed: no CI, and a note says so.
+* **Change vs the baseline strategy**, paired by seed: ``d_i = x_i - b_i`` on the seeds
+  both strategies ran; change = ``100 * mean(d) / mean(b)`` (%). Its CI (t method) is the
+  Student t interval of ``mean(d)`` scaled by the same factor; the baseline mean is treated
+  as fixed, so its own uncertainty is not propagated. With ``ci="bootstrap"`` the seeds are
+  resampled in pairs and the ratio is recomputed, which does include it.
+* **Test** against the baseline across seeds, two-sided: paired t-test
+  (``scipy.stats.ttest_rel``, default; with the t CI it agrees exactly: the change CI
+  excludes 0 iff p < 0.05 before correction) or Wilcoxon signed-rank
+  (``scipy.stats.wilcoxon``, exact for small n; zero differences dropped). Wilcoxon with
+  n < 6 non-zero pairs cannot reach p < 0.05 (smallest two-sided p is ``2 / 2**n``), and a
+  note says so.
+* **Multiple comparisons**: Holm's step-down procedure (Holm 1979, "A simple sequentially
+  rejective multiple test procedure", Scand. J. Statist. 6:65-70), applied per metric over
+  every (group, strategy) comparison that has a p-value. ``significant`` means Holm-adjusted
+  p < ``alpha``; the rest are marked not significant.
+* **Infinite values** (P99 of an overloaded cell with unfinished requests) are kept, never
+  turned into NaN: the mean is ``inf``, no CI is given, and the t-test is not computed (it
+  is undefined); Wilcoxon ranks a one-sided infinite difference as the largest. NaN values
+  (a metric a cell could not measure) are left out and counted.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from helios.errors import ConfigError
+
+DEFAULT_METRICS = ("p99_ms", "p50_ms", "goodput_tok_s", "max_link_util", "gpu_load_imbalance",
+                   "replication_bytes")
+DEFAULT_GROUP_BY = ("topology", "model", "scenario")
+DEFAULT_BASELINE = "round_robin"
+CI_METHODS = ("t", "bootstrap")
+TESTS = ("t", "wilcoxon")
+#: Metrics where a larger value is better; every other metric is better when smaller.
+HIGHER_IS_BETTER = frozenset({"goodput_tok_s", "throughput_tok_s", "slo_attainment"})
+#: Columns that are not metrics even when numeric.
+_NOT_METRICS = frozenset({"seed", "events", "sim_s", "placement_s", "ilp_gap"})
+BOOTSTRAP_RESAMPLES = 9999
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a sweep is analysed (validated by :func:`settings_for`)."""
+
+    baseline: str
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    group_by: tuple[str, ...] = DEFAULT_GROUP_BY
+    ci: str = "t"
+    test: str = "t"
+    confidence: float = 0.95
+    alpha: float = 0.05
+    seed: int = 0
+    skipped_metrics: tuple[str, ...] = ()
+
+
+@dataclass
+class Analysis:
+    """Tables of one sweep: per-strategy ``summary`` and paired ``comparison`` vs the baseline."""
+
+    settings: Settings
+    summary: pd.DataFrame
+    comparison: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load_cells(sweep_dir: Path | str) -> pd.DataFrame:
+    """The ``cells`` table of a sweep folder, one row per cell id.
+
+    Raises
+    ------
+    ConfigError
+        If the folder is missing or empty, has no ``cells`` table, or a part is unreadable.
+    """
+    from helios.results import load
+
+    path = Path(sweep_dir)
+    if not path.is_dir():
+        raise ConfigError("sweep_dir", str(path), "an existing results folder <output_dir>/<sweep>")
+    if not any(path.iterdir()):
+        raise ConfigError("sweep_dir", str(path), "a results folder with a cells table (this one is empty)")
+    try:
+        cells = load(path, "cells")
+    except Exception as exc:  # pyarrow raises several types for a damaged part
+        raise ConfigError("sweep_dir", str(path), f"readable Parquet parts ({type(exc).__name__}: {exc})") from exc
+    if cells.empty:
+        raise ConfigError("sweep_dir", str(path), "a results folder with cells/part-*.parquet (no cells table)")
+    missing = [c for c in ("strategy", "seed") if c not in cells.columns]
+    if missing:
+        raise ConfigError("sweep_dir", str(path), f"a cells table with columns strategy and seed (missing {missing})")
+    if "cell_id" in cells.columns:
+        cells = cells.drop_duplicates("cell_id", keep="last").reset_index(drop=True)
+    return cells
+
+
+# ----------------------------------------------------------------------------- settings
+
+def metric_columns(cells: pd.DataFrame) -> list[str]:
+    """Numeric columns of ``cells`` that can be analysed as metrics."""
+    return [c for c in cells.columns
+            if not c.startswith("cfg.") and c not in _NOT_METRICS and pd.api.types.is_numeric_dtype(cells[c])
+            and not pd.api.types.is_bool_dtype(cells[c])]
+
+
+def choose_baseline(strategies: Sequence[str], requested: str | None = None) -> str:
+    """``requested`` if present, else ``round_robin`` if present, else the first alphabetically."""
+    names = sorted(set(strategies))
+    if requested is not None:
+        if requested not in names:
+            raise ConfigError("baseline", requested, "one of the sweep's strategies: " + ", ".join(names))
+        return requested
+    return DEFAULT_BASELINE if DEFAULT_BASELINE in names else names[0]
+
+
+def settings_for(cells: pd.DataFrame, baseline: str | None = None, metrics: Sequence[str] | None = None,
+                 group_by: Sequence[str] | None = None, ci: str = "t", test: str = "t",
+                 confidence: float = 0.95, alpha: float = 0.05, seed: int = 0) -> Settings:
+    """Validate the options against the ``cells`` table; raises :class:`ConfigError`."""
+    allowed = metric_columns(cells)
+    skipped: tuple[str, ...] = ()
+    if metrics is None:
+        chosen = tuple(m for m in DEFAULT_METRICS if m in allowed)
+        skipped = tuple(m for m in DEFAULT_METRICS if m not in allowed)
+        if not chosen:
+            raise ConfigError("metrics", ",".join(DEFAULT_METRICS), "columns of the cells table; none present")
+    else:
+        chosen = tuple(dict.fromkeys(metrics))
+        for m in chosen:
+            if m not in allowed:
+                raise ConfigError("metrics", m, "numeric columns of the cells table: " + ", ".join(allowed))
+        if not chosen:
+            raise ConfigError("metrics", "", "at least one metric")
+    keys = tuple(dict.fromkeys(DEFAULT_GROUP_BY if group_by is None else group_by))
+    for key in keys:
+        if key in ("strategy", "seed") or key not in cells.columns:
+            options = [c for c in ("topology", "model", "scenario") if c in cells.columns]
+            raise ConfigError("group-by", key, "columns of the cells table other than strategy and seed: "
+                              + ", ".join(options) + ", or cfg.<dotted.key>")
+    if ci not in CI_METHODS:
+        raise ConfigError("ci", ci, "one of " + ", ".join(CI_METHODS))
+    if test not in TESTS:
+        raise ConfigError("test", test, "one of " + ", ".join(TESTS))
+    if not 0 < confidence < 1:
+        raise ConfigError("confidence", confidence, "a number in (0, 1)")
+    if not 0 < alpha < 1:
+        raise ConfigError("alpha", alpha, "a number in (0, 1)")
+    base = choose_baseline(cells["strategy"].astype(str).tolist(), baseline)
+    _check_one_cell_per_seed(cells, keys)
+    return Settings(baseline=base, metrics=chosen, group_by=keys, ci=ci, test=test, confidence=confidence,
+                    alpha=alpha, seed=seed, skipped_metrics=skipped)
+
+
+def _check_one_cell_per_seed(cells: pd.DataFrame, keys: tuple[str, ...]) -> None:
+    """Seeds are the replicates: averaging cells that differ in config would mix conditions."""
+    cols = [*keys, "strategy", "seed"]
+    dup = cells.duplicated(cols, keep=False)
+    if not dup.any():
+        return
+    clash = cells[dup]
+    varying = [c for c in cells.columns if c.startswith("cfg.") and not c.startswith("cfg.strategy.")
+               and c not in ("cfg.seed", "cfg.sweep", "cfg.output_dir")
+               and clash.groupby(cols, dropna=False)[c].nunique(dropna=False).max() > 1]
+    raise ConfigError("group-by", ",".join(keys) or "(none)",
+                      "keys that leave one cell per (group, strategy, seed); add the varying "
+                      "columns: " + (", ".join(varying[:8]) or "(none found: duplicate cells)"))
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm-adjusted p-values (Holm 1979); NaN entries stay NaN and are not counted in m.
+
+    Sort the m p-values ascending; the i-th smallest (1-based) gets
+    ``max_{j <= i} min(1, (m - j + 1) * p_(j))``. Rejecting where the adjusted value is
+    below alpha is Holm's step-down procedure, which controls the family-wise error rate.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    idx = np.flatnonzero(~np.isnan(p))
+    m = len(idx)
+    if m == 0:
+        return out
+    order = idx[np.argsort(p[idx], kind="stable")]
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(scaled)
+    return out
+
+
+def _rng(seed: int, *key: object) -> np.random.Generator:
+    """A generator fixed by the settings seed and the row's key (order-independent)."""
+    tag = zlib.crc32("|".join(map(str, key)).encode())
+    return np.random.default_rng(np.random.SeedSequence([seed, tag]))
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95, method: str = "t",
+            rng: np.random.Generator | None = None) -> tuple[float, float]:
+    """Confidence interval of the mean of finite ``values`` (n >= 2); ``(nan, nan)`` if n < 2."""
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2:
+        return float("nan"), float("nan")
+    mean = float(x.mean())
+    if np.all(x == x[0]):
+        return mean, mean  # zero spread: every method gives a point
+    from scipy import stats  # imported here: the command line's error path stays fast
+
+    if method == "t":
+        low, high = stats.t.interval(confidence, len(x) - 1, loc=mean, scale=stats.sem(x))
+        return float(low), float(high)
+    res = stats.bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=BOOTSTRAP_RESAMPLES,
+                          method="percentile", rng=rng if rng is not None else np.random.default_rng(0))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def describe(values: Sequence[float], confidence: float = 0.95, method: str = "t",
+             rng: np.random.Generator | None = None) -> dict[str, object]:
+    """n, mean, sd, CI and a note for one (group, strategy, metric) sample."""
+    x = np.asarray(values, dtype=float)
+    nan = np.isnan(x)
+    x = x[~nan]
+    inf = ~np.isfinite(x)
+    notes = []
+    if nan.any():
+        notes.append(f"{int(nan.sum())} seed(s) without a value left out")
+    row: dict[str, object] = {"n": len(x), "n_inf": int(inf.sum()), "mean": float("nan"), "sd": float("nan"),
+                              "ci_low": float("nan"), "ci_high": float("nan")}
+    if len(x) == 0:
+        notes.append("no values")
+    elif inf.any():
+        row["mean"] = float(np.mean(x))  # +inf (or -inf); never NaN unless both signs occur
+        notes.append(f"{int(inf.sum())} of {len(x)} seed(s) infinite (overloaded: unfinished requests); no CI")
+    else:
+        row["mean"] = float(x.mean())
+        row["sd"] = float(x.std(ddof=1)) if len(x) > 1 else float("nan")
+        if len(x) == 1:
+            notes.append("one seed: no CI")
+        else:
+            row["ci_low"], row["ci_high"] = mean_ci(x, confidence, method, rng)
+    row["note"] = "; ".join(notes)
+    return row
+
+
+def paired_change(x: np.ndarray, b: np.ndarray, confidence: float = 0.95, method: str = "t",
+                  rng: np.random.Generator | None = None) -> tuple[float, float, float, list[str]]:
+    """Change of ``x`` vs paired baseline ``b`` in %: ``(change, ci_low, ci_high, notes)``."""
+    from scipy import stats
+
+    nan = float("nan")
+    mx, mb = float(np.mean(x)), float(np.mean(b))
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(b))):
+        if np.isinf(mx) and np.isfinite(mb) and mb != 0:
+            return float(np.sign(mx) * np.sign(mb) * np.inf), nan, nan, ["change infinite (overloaded seeds); no CI"]
+        if np.isinf(mb) and np.isfinite(mx):
+            return -100.0, nan, nan, ["baseline infinite (overloaded seeds): change is the limit -100%; no CI"]
+        return nan, nan, nan, ["change undefined: both sides infinite on some seeds"]
+    if mb == 0:
+        return nan, nan, nan, ["change in % undefined: baseline mean is 0"]
+    change = 100.0 * (mx - mb) / mb
+    if len(x) < 2:
+        return change, nan, nan, ["one paired seed: no CI"]
+    d = x - b
+    if method == "t":
+        low, high = mean_ci(d, confidence, "t")
+        low, high = sorted((100.0 * low / mb, 100.0 * high / mb))
+        return change, low, high, []
+    if np.all(b == b[0]) and np.all(x == x[0]):
+        return change, change, change, []  # no spread to resample
+
+    def ratio(xs: np.ndarray, bs: np.ndarray, axis: int = -1) -> np.ndarray:
+        bm = np.mean(bs, axis=axis)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return 100.0 * (np.mean(xs, axis=axis) - bm) / bm
+
+    res = stats.bootstrap((x, b), ratio, paired=True, vectorized=True, confidence_level=confidence,
+                          n_resamples=BOOTSTRAP_RESAMPLES, method="percentile",
+                          rng=rng if rng is not None else np.random.default_rng(0))
+    return change, float(res.confidence_interval.low), float(res.confidence_interval.high), []
+
+
+def paired_test(x: np.ndarray, b: np.ndarray, test: str = "t", alpha: float = 0.05) -> tuple[float, float, list[str]]:
+    """Two-sided paired test of ``x`` vs ``b``: ``(statistic, p, notes)``; p is NaN if untestable."""
+    from scipy import stats
+
+    nan = float("nan")
+    with np.errstate(invalid="ignore"):
+        d = x - b  # inf - inf is NaN: such pairs are handled below
+    if test == "t":
+        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(b))):
+            return nan, nan, ["t-test undefined with infinite values (try --test wilcoxon)"]
+        if len(d) < 2:
+            return nan, nan, ["one paired seed: no test"]
+        if np.all(d == d[0]):
+            if d[0] == 0:
+                return 0.0, 1.0, ["identical to the baseline on every seed"]
+            return nan, nan, ["difference constant across seeds: t-test undefined (zero variance)"]
+        res = stats.ttest_rel(x, b)
+        return float(res.statistic), float(res.pvalue), []
+    notes = []
+    both_inf = np.isinf(x) & np.isinf(b) & (np.sign(x) == np.sign(b))
+    if both_inf.any():
+        notes.append(f"{int(both_inf.sum())} pair(s) infinite on both sides left out")
+        x, b = x[~both_inf], b[~both_inf]
+        d = x - b
+    nonzero = int(np.count_nonzero(d))
+    if nonzero == 0:
+        if len(d) == 0:
+            return nan, nan, [*notes, "no pairs to test"]
+        return 0.0, 1.0, [*notes, "identical to the baseline on every seed"]
+    if 2.0 / 2**nonzero >= alpha:
+        notes.append(f"Wilcoxon with n={nonzero} non-zero pairs cannot reach p<{alpha:g} "
+                     f"(smallest two-sided p = {2.0 / 2**nonzero:.4g})")
+    res = stats.wilcoxon(x, b)
+    return float(res.statistic), float(res.pvalue), notes
+
+
+# ----------------------------------------------------------------------------- tables
+
+def _groups(cells: pd.DataFrame, keys: tuple[str, ...]):
+    """(key-dict, sub-frame) per group, in sorted order; a single group when there are no keys."""
+    if not keys:
+        yield {}, cells
+        return
+    for values, sub in cells.groupby(list(keys), dropna=False, sort=True):
+        values = values if isinstance(values, tuple) else (values,)
+        yield dict(zip(keys, values)), sub
+
+
+def _by_seed(sub: pd.DataFrame, strategy: str, metric: str) -> pd.Series:
+    rows = sub[sub["strategy"] == strategy]
+    return pd.Series(rows[metric].to_numpy(dtype=float), index=rows["seed"].to_numpy()).sort_index()
+
+
+def summarize(cells: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """One row per (group, strategy, metric): n, n_inf, mean, sd, ci_low, ci_high, ci_method, note."""
+    rows = []
+    for key, sub in _groups(cells, settings.group_by):
+        for strategy in sorted(sub["strategy"].astype(str).unique()):
+            for metric in settings.metrics:
+                values = _by_seed(sub, strategy, metric)
+                rng = _rng(settings.seed, *key.values(), strategy, metric)
+                stat = describe(values.to_numpy(), settings.confidence, settings.ci, rng)
+                rows.append({**key, "strategy": strategy, "metric": metric, **stat,
+                             "ci_method": settings.ci if np.isfinite(stat["ci_low"]) else ""})
+    return pd.DataFrame(rows)
+
+
+def compare(cells: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """One row per (group, non-baseline strategy, metric): paired change, test, Holm, verdict."""
+    rows = []
+    for key, sub in _groups(cells, settings.group_by):
+        strategies = sorted(sub["strategy"].astype(str).unique())
+        for strategy in strategies:
+            if strategy == settings.baseline:
+                continue
+            for metric in settings.metrics:
+                row = {**key, "strategy": strategy, "baseline": settings.baseline, "metric": metric}
+                rows.append(row | _compare_one(sub, strategy, metric, key, settings))
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["p_holm"] = np.nan
+    for metric in settings.metrics:
+        mask = table["metric"] == metric
+        table.loc[mask, "p_holm"] = holm(table.loc[mask, "p_value"].to_numpy(dtype=float))
+    tested = table["p_holm"].notna()
+    table["significant"] = pd.array([bool(p < settings.alpha) if t else pd.NA
+                                     for p, t in zip(table["p_holm"], tested)], dtype="boolean")
+    table["verdict"] = [_verdict(r.metric, r.mean_diff, r.significant) for r in table.itertuples()]
+    return table
+
+
+def _compare_one(sub: pd.DataFrame, strategy: str, metric: str, key: dict, settings: Settings) -> dict:
+    nan = float("nan")
+    empty = {"n_pairs": 0, "mean_diff": nan, "change_pct": nan, "change_ci_low": nan, "change_ci_high": nan,
+             "test": settings.test, "statistic": nan, "p_value": nan}
+    base = _by_seed(sub, settings.baseline, metric)
+    if base.empty:
+        return empty | {"note": f"baseline {settings.baseline} not run in this group"}
+    own = _by_seed(sub, strategy, metric)
+    both = own.dropna().index.intersection(base.dropna().index)
+    notes = []
+    if len(both) < max(len(own), len(base)):
+        notes.append(f"paired on {len(both)} common seed(s) of {len(own)} and {len(base)}")
+    if len(both) == 0:
+        return empty | {"note": "; ".join(notes + ["no common seeds with the baseline"])}
+    x, b = own[both].to_numpy(), base[both].to_numpy()
+    rng = _rng(settings.seed, *key.values(), strategy, metric, "change")
+    change, low, high, change_notes = paired_change(x, b, settings.confidence, settings.ci, rng)
+    stat, p, test_notes = paired_test(x, b, settings.test, settings.alpha)
+    with np.errstate(invalid="ignore"):
+        diff = float(np.mean(x) - np.mean(b))
+    notes += [n for n in change_notes + test_notes if n not in notes]
+    if len(both) == 1:
+        notes = [n for n in notes if n not in ("one paired seed: no CI", "one paired seed: no test")]
+        notes.append("one paired seed: no CI, no test")
+    return {"n_pairs": len(both), "mean_diff": diff, "change_pct": change, "change_ci_low": low,
+            "change_ci_high": high, "test": settings.test, "statistic": stat, "p_value": p,
+            "note": "; ".join(notes)}
+
+
+def _verdict(metric: str, diff: float, significant: object) -> str:
+    """``better`` / ``worse`` (significant after Holm), ``n.s.``, or ``untested``."""
+    if significant is pd.NA or significant is None:
+        return "untested"
+    if not significant or not diff or np.isnan(diff):
+        return "n.s."
+    higher = metric in HIGHER_IS_BETTER
+    return "better" if (diff > 0) == higher else "worse"
+
+
+def analyse(cells: pd.DataFrame | Path | str, baseline: str | None = None, metrics: Sequence[str] | None = None,
+            group_by: Sequence[str] | None = None, ci: str = "t", test: str = "t", confidence: float = 0.95,
+            alpha: float = 0.05, seed: int = 0) -> Analysis:
+    """Summary and comparison tables of a sweep (a ``cells`` DataFrame or a sweep folder).
+
+    Parameters
+    ----------
+    cells : DataFrame or path
+        The ``cells`` table, or ``<output_dir>/<sweep>`` to load it from.
+    baseline : str, optional
+        Strategy to compare against; default ``round_robin`` if present, else the first name.
+    metrics, group_by : sequence of str, optional
+        Default :data:`DEFAULT_METRICS` and :data:`DEFAULT_GROUP_BY`.
+    ci : {"t", "bootstrap"}
+        Student t interval, or a percentile bootstrap (seeded with ``seed``).
+    test : {"t", "wilcoxon"}
+        Paired t-test or Wilcoxon signed-rank test vs the baseline, two-sided.
+    confidence, alpha : float
+        CI level and family-wise error rate for Holm's procedure (per metric).
+
+    Raises
+    ------
+    ConfigError
+        For a missing or empty folder, no cells, an unknown metric, group-by key or baseline.
+    """
+    if not isinstance(cells, pd.DataFrame):
+        cells = load_cells(cells)
+    cells = cells.assign(strategy=cells["strategy"].astype(str))
+    settings = settings_for(cells, baseline, metrics, group_by, ci, test, confidence, alpha, seed)
+    # Only the columns the statistics read: per-row filtering of a wide table is slow.
+    narrow = cells[list(dict.fromkeys([*settings.group_by, "strategy", "seed", *settings.metrics]))]
+    summary = summarize(narrow, settings)
+    comparison = compare(narrow, settings)
+    return Analysis(settings=settings, summary=summary, comparison=comparison, notes=_notes(summary, comparison,
+                                                                                            settings))
+
+
+def _notes(summary: pd.DataFrame, comparison: pd.DataFrame, settings: Settings) -> list[str]:
+    """Plain-language notes the report prints once each (one-seed groups, skipped metrics...)."""
+    notes = []
+    keys = [*settings.group_by, "strategy"]
+    ones = summary[summary["n"] == 1].drop_duplicates(keys)
+    for row in ones.itertuples(index=False):
+        label = " / ".join(str(getattr(row, k, "")) for k in settings.group_by) or "all cells"
+        notes.append(f"{label}, {row.strategy}: one seed only: no confidence interval and no test")
+    if settings.skipped_metrics:
+        notes.append("metrics absent from the cells table, skipped: " + ", ".join(settings.skipped_metrics))
+    if settings.test == "wilcoxon" and comparison.get("note", pd.Series(dtype=str)).str.contains(
+            "cannot reach").any():
+        notes.append("Wilcoxon signed-rank with fewer than 6 seeds cannot be significant at 0.05 two-sided; "
+                     "run more seeds or use the paired t-test (--test t)")
+    return notes
+
+
+def joined(analysis: Analysis, metric: str) -> pd.DataFrame:
+    """Summary and comparison of one metric side by side (the baseline's change columns are empty)."""
+    s = analysis.summary[analysis.summary["metric"] == metric]
+    c = analysis.comparison
+    if c.empty:
+        return s.reset_index(drop=True)
+    c = c[c["metric"] == metric].drop(columns=["metric"])
+    on = [*analysis.settings.group_by, "strategy"]
+    c = c.rename(columns={"note": "compare_note"})
+    return s.merge(c, on=on, how="left").reset_index(drop=True)
