@@ -34,7 +34,6 @@ Method (also written into every report):
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from helios.errors import ConfigError
+from helios.stats import describe, holm, mean_ci, paired_change, paired_test, seeded_rng  # noqa: F401
 
 DEFAULT_METRICS = ("p99_ms", "p50_ms", "goodput_tok_s", "max_link_util", "gpu_load_imbalance",
                    "replication_bytes")
@@ -54,7 +54,6 @@ TESTS = ("t", "wilcoxon")
 HIGHER_IS_BETTER = frozenset({"goodput_tok_s", "throughput_tok_s", "slo_attainment"})
 #: Columns that are not metrics even when numeric.
 _NOT_METRICS = frozenset({"seed", "events", "sim_s", "placement_s", "ilp_gap"})
-BOOTSTRAP_RESAMPLES = 9999
 
 
 @dataclass(frozen=True)
@@ -187,153 +186,6 @@ def _check_one_cell_per_seed(cells: pd.DataFrame, keys: tuple[str, ...]) -> None
 
 # ----------------------------------------------------------------------------- statistics
 
-def holm(pvalues: Sequence[float]) -> np.ndarray:
-    """Holm-adjusted p-values (Holm 1979); NaN entries stay NaN and are not counted in m.
-
-    Sort the m p-values ascending; the i-th smallest (1-based) gets
-    ``max_{j <= i} min(1, (m - j + 1) * p_(j))``. Rejecting where the adjusted value is
-    below alpha is Holm's step-down procedure, which controls the family-wise error rate.
-    """
-    p = np.asarray(pvalues, dtype=float)
-    out = np.full(p.shape, np.nan)
-    idx = np.flatnonzero(~np.isnan(p))
-    m = len(idx)
-    if m == 0:
-        return out
-    order = idx[np.argsort(p[idx], kind="stable")]
-    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
-    out[order] = np.maximum.accumulate(scaled)
-    return out
-
-
-def _rng(seed: int, *key: object) -> np.random.Generator:
-    """A generator fixed by the settings seed and the row's key (order-independent)."""
-    tag = zlib.crc32("|".join(map(str, key)).encode())
-    return np.random.default_rng(np.random.SeedSequence([seed, tag]))
-
-
-def mean_ci(values: Sequence[float], confidence: float = 0.95, method: str = "t",
-            rng: np.random.Generator | None = None) -> tuple[float, float]:
-    """Confidence interval of the mean of finite ``values`` (n >= 2); ``(nan, nan)`` if n < 2."""
-    x = np.asarray(values, dtype=float)
-    if len(x) < 2:
-        return float("nan"), float("nan")
-    mean = float(x.mean())
-    if np.all(x == x[0]):
-        return mean, mean  # zero spread: every method gives a point
-    from scipy import stats  # imported here: the command line's error path stays fast
-
-    if method == "t":
-        low, high = stats.t.interval(confidence, len(x) - 1, loc=mean, scale=stats.sem(x))
-        return float(low), float(high)
-    res = stats.bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=BOOTSTRAP_RESAMPLES,
-                          method="percentile", rng=rng if rng is not None else np.random.default_rng(0))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
-def describe(values: Sequence[float], confidence: float = 0.95, method: str = "t",
-             rng: np.random.Generator | None = None) -> dict[str, object]:
-    """n, mean, sd, CI and a note for one (group, strategy, metric) sample."""
-    x = np.asarray(values, dtype=float)
-    nan = np.isnan(x)
-    x = x[~nan]
-    inf = ~np.isfinite(x)
-    notes = []
-    if nan.any():
-        notes.append(f"{int(nan.sum())} seed(s) without a value left out")
-    row: dict[str, object] = {"n": len(x), "n_inf": int(inf.sum()), "mean": float("nan"), "sd": float("nan"),
-                              "ci_low": float("nan"), "ci_high": float("nan")}
-    if len(x) == 0:
-        notes.append("no values")
-    elif inf.any():
-        row["mean"] = float(np.mean(x))  # +inf (or -inf); never NaN unless both signs occur
-        notes.append(f"{int(inf.sum())} of {len(x)} seed(s) infinite (overloaded: unfinished requests); no CI")
-    else:
-        row["mean"] = float(x.mean())
-        row["sd"] = float(x.std(ddof=1)) if len(x) > 1 else float("nan")
-        if len(x) == 1:
-            notes.append("one seed: no CI")
-        else:
-            row["ci_low"], row["ci_high"] = mean_ci(x, confidence, method, rng)
-    row["note"] = "; ".join(notes)
-    return row
-
-
-def paired_change(x: np.ndarray, b: np.ndarray, confidence: float = 0.95, method: str = "t",
-                  rng: np.random.Generator | None = None) -> tuple[float, float, float, list[str]]:
-    """Change of ``x`` vs paired baseline ``b`` in %: ``(change, ci_low, ci_high, notes)``."""
-    from scipy import stats
-
-    nan = float("nan")
-    mx, mb = float(np.mean(x)), float(np.mean(b))
-    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(b))):
-        if np.isinf(mx) and np.isfinite(mb) and mb != 0:
-            return float(np.sign(mx) * np.sign(mb) * np.inf), nan, nan, ["change infinite (overloaded seeds); no CI"]
-        if np.isinf(mb) and np.isfinite(mx):
-            return -100.0, nan, nan, ["baseline infinite (overloaded seeds): change is the limit -100%; no CI"]
-        return nan, nan, nan, ["change undefined: both sides infinite on some seeds"]
-    if mb == 0:
-        return nan, nan, nan, ["change in % undefined: baseline mean is 0"]
-    change = 100.0 * (mx - mb) / mb
-    if len(x) < 2:
-        return change, nan, nan, ["one paired seed: no CI"]
-    d = x - b
-    if method == "t":
-        low, high = mean_ci(d, confidence, "t")
-        low, high = sorted((100.0 * low / mb, 100.0 * high / mb))
-        return change, low, high, []
-    if np.all(b == b[0]) and np.all(x == x[0]):
-        return change, change, change, []  # no spread to resample
-
-    def ratio(xs: np.ndarray, bs: np.ndarray, axis: int = -1) -> np.ndarray:
-        bm = np.mean(bs, axis=axis)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return 100.0 * (np.mean(xs, axis=axis) - bm) / bm
-
-    res = stats.bootstrap((x, b), ratio, paired=True, vectorized=True, confidence_level=confidence,
-                          n_resamples=BOOTSTRAP_RESAMPLES, method="percentile",
-                          rng=rng if rng is not None else np.random.default_rng(0))
-    return change, float(res.confidence_interval.low), float(res.confidence_interval.high), []
-
-
-def paired_test(x: np.ndarray, b: np.ndarray, test: str = "t", alpha: float = 0.05) -> tuple[float, float, list[str]]:
-    """Two-sided paired test of ``x`` vs ``b``: ``(statistic, p, notes)``; p is NaN if untestable."""
-    from scipy import stats
-
-    nan = float("nan")
-    with np.errstate(invalid="ignore"):
-        d = x - b  # inf - inf is NaN: such pairs are handled below
-    if test == "t":
-        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(b))):
-            return nan, nan, ["t-test undefined with infinite values (try --test wilcoxon)"]
-        if len(d) < 2:
-            return nan, nan, ["one paired seed: no test"]
-        if np.all(d == d[0]):
-            if d[0] == 0:
-                return 0.0, 1.0, ["identical to the baseline on every seed"]
-            return nan, nan, ["difference constant across seeds: t-test undefined (zero variance)"]
-        res = stats.ttest_rel(x, b)
-        return float(res.statistic), float(res.pvalue), []
-    notes = []
-    both_inf = np.isinf(x) & np.isinf(b) & (np.sign(x) == np.sign(b))
-    if both_inf.any():
-        notes.append(f"{int(both_inf.sum())} pair(s) infinite on both sides left out")
-        x, b = x[~both_inf], b[~both_inf]
-        d = x - b
-    nonzero = int(np.count_nonzero(d))
-    if nonzero == 0:
-        if len(d) == 0:
-            return nan, nan, [*notes, "no pairs to test"]
-        return 0.0, 1.0, [*notes, "identical to the baseline on every seed"]
-    if 2.0 / 2**nonzero >= alpha:
-        notes.append(f"Wilcoxon with n={nonzero} non-zero pairs cannot reach p<{alpha:g} "
-                     f"(smallest two-sided p = {2.0 / 2**nonzero:.4g})")
-    res = stats.wilcoxon(x, b)
-    return float(res.statistic), float(res.pvalue), notes
-
-
-# ----------------------------------------------------------------------------- tables
-
 def _groups(cells: pd.DataFrame, keys: tuple[str, ...]):
     """(key-dict, sub-frame) per group, in sorted order; a single group when there are no keys."""
     if not keys:
@@ -356,7 +208,7 @@ def summarize(cells: pd.DataFrame, settings: Settings) -> pd.DataFrame:
         for strategy in sorted(sub["strategy"].astype(str).unique()):
             for metric in settings.metrics:
                 values = _by_seed(sub, strategy, metric)
-                rng = _rng(settings.seed, *key.values(), strategy, metric)
+                rng = seeded_rng(settings.seed, *key.values(), strategy, metric)
                 stat = describe(values.to_numpy(), settings.confidence, settings.ci, rng)
                 rows.append({**key, "strategy": strategy, "metric": metric, **stat,
                              "ci_method": settings.ci if np.isfinite(stat["ci_low"]) else ""})
@@ -403,7 +255,7 @@ def _compare_one(sub: pd.DataFrame, strategy: str, metric: str, key: dict, setti
     if len(both) == 0:
         return empty | {"note": "; ".join(notes + ["no common seeds with the baseline"])}
     x, b = own[both].to_numpy(), base[both].to_numpy()
-    rng = _rng(settings.seed, *key.values(), strategy, metric, "change")
+    rng = seeded_rng(settings.seed, *key.values(), strategy, metric, "change")
     change, low, high, change_notes = paired_change(x, b, settings.confidence, settings.ci, rng)
     stat, p, test_notes = paired_test(x, b, settings.test, settings.alpha)
     with np.errstate(invalid="ignore"):
