@@ -3,6 +3,19 @@
 Without ``--multirun`` it runs one cell with the composed config, prints the one-line
 summary and writes the cell's Parquet parts under ``<output_dir>/<sweep>/``.
 
+With ``--multirun`` Hydra expands the sweep (``a=1,2``, ``range()``, ``glob()``,
+``hydra.sweeper.params`` of config files) and the ``helios_ray`` launcher
+(``hydra_plugins/helios_ray_launcher``, the default of ``conf/config.yaml``) runs the
+cells on Ray; see :mod:`helios.runner`.
+
+Named sweeps: ``python -m helios.sweep --multirun +sweep=<name>`` runs
+``sweeps/<name>.yaml``. The files of ``sweeps/`` are registered in Hydra's
+ConfigStore as options of the config group ``sweeps`` (package ``_global_``), so
+this works from any working directory, and ``+sweep=<name>`` is rewritten to
+``+sweeps=<name>`` (either form works). The group is not called ``sweep`` because
+that is the config key naming the results folder: ``sweep=<name>`` (no ``+``) only
+names the folder, it does not load a file.
+
 Every cell the command line describes is composed and validated *before* Hydra
 starts any job: a bad value prints ``helios: config error: <key>=<value>: <allowed>``
 and exits with status 2, with no traceback and nothing written.
@@ -10,8 +23,9 @@ and exits with status 2, with no traceback and nothing written.
 
 from __future__ import annotations
 
+import copy
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +36,32 @@ from helios.config import CellConfig, cell_config
 from helios.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+SWEEPS_DIR = CONF_DIR.parent / "sweeps"
+SWEEP_GROUP = "sweeps"
 CONFIG_NAME = "config"
 GROUPS = ("topology", "model", "scenario", "strategy")
 
 
 def group_options(group: str) -> list[str]:
     """Names of the options of config group ``group`` (its YAML files)."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    folder = SWEEPS_DIR if group in ("sweep", SWEEP_GROUP) else CONF_DIR / group
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def register_sweeps() -> None:
+    """Register ``sweeps/*.yaml`` in Hydra's ConfigStore as options of group ``sweeps``."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for path in sorted(SWEEPS_DIR.glob("*.yaml")):
+        store.store(group=SWEEP_GROUP, name=path.stem, node=OmegaConf.load(path),
+                    package="_global_", provider="helios")
+
+
+def rewrite_sweep_overrides(argv: Sequence[str]) -> list[str]:
+    """``+sweep=<name>`` (the documented form) becomes ``+sweeps=<name>`` (the group)."""
+    return [f"+{SWEEP_GROUP}=" + a.partition("=")[2] if a.startswith("+sweep=") else a
+            for a in argv]
 
 
 def split_argv(argv: Sequence[str]) -> tuple[list[str], bool]:
@@ -54,6 +87,9 @@ def _override_error(override: str, exc: Exception) -> ConfigError:
     group = key.split("@")[0]
     if group in GROUPS:
         return ConfigError(group, value, "one of " + ", ".join(group_options(group)))
+    if group == SWEEP_GROUP:
+        return ConfigError("sweep", value,
+                           "a named sweep, one of " + ", ".join(group_options(group)))
     if "not in struct" in str(exc) or "Could not override" in str(exc):
         return ConfigError(key, value, "unknown key (see conf/config.yaml and conf/<group>/)")
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -73,7 +109,9 @@ def compose(overrides: Sequence[str]) -> dict[str, Any]:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    cell_overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    register_sweeps()
+    cell_overrides = [o for o in rewrite_sweep_overrides(overrides)
+                      if not o.lstrip("+~").startswith("hydra")]
     parser = OverridesParser.create()
     for override in cell_overrides:
         try:
@@ -102,27 +140,143 @@ def _first_bad_override(overrides: Sequence[str], exc: Exception) -> ConfigError
     return ConfigError("config", " ".join(overrides), str(exc).strip().splitlines()[0])
 
 
-def expand(overrides: Sequence[str], multirun: bool) -> list[list[str]]:
-    """The override list of every job a command line describes (Hydra's basic sweep)."""
+def is_hydra_override(override: str) -> bool:
+    """Whether a command-line override addresses Hydra itself (``hydra.*``, ``hydra/*``)."""
+    return override.lstrip("+~").startswith("hydra")
+
+
+def expand(overrides: Sequence[str], multirun: bool,
+           params: dict[str, Any] | None = None) -> list[list[str]]:
+    """The override list of every job a command line describes (Hydra's basic sweep).
+
+    ``params`` is ``hydra.sweeper.params`` of the composed config (e.g. from a named
+    sweep); command-line overrides of the same key win, as in Hydra's sweeper.
+    """
     if not multirun:
         return [list(overrides)]
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    hydra_state = GlobalHydra.instance()
+    loader = hydra_state.config_loader() if hydra_state.is_initialized() else None  # for glob()
+    args = [f"{k}={v}" for k, v in (params or {}).items()] + list(overrides)
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(args)
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def preflight(argv: Sequence[str]) -> list[CellConfig]:
-    """Compose and validate every cell of a command line; raises :class:`ConfigError`."""
-    overrides, multirun = split_argv(argv)
+def cell_mapping(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved cell part (everything but ``hydra``) of a composed config."""
+    keys = [k for k in cfg if k != "hydra"]
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)  # type: ignore
+
+
+class JobComposer:
+    """Compose the jobs of a sweep with Hydra's semantics, but quickly.
+
+    Hydra composes a job in two steps: it builds a config from the defaults list
+    (the group choices, e.g. ``strategy=greedy`` or ``+sweep=smoke``), then applies
+    the remaining key overrides (``seed=3``) to it. The first step costs ~0.15 s a
+    job (it re-reads YAML files and rebuilds the ``hydra`` node); the second ~1 ms.
+    A sweep varies mostly plain keys, so this runs the first step once per distinct
+    set of group (and ``hydra``) overrides and applies the plain overrides to a deep
+    copy, with the function Hydra itself uses for its second step. The result equals
+    Hydra's, except that ``hydra.overrides.task`` lists only the group overrides.
+
+    Parameters
+    ----------
+    load : callable
+        Full Hydra composition of a list of overrides (with the ``hydra`` node).
+    is_group : callable
+        Whether a name is a config group (``ConfigRepository.group_exists``).
+    """
+
+    def __init__(self, load: Callable[[list[str]], DictConfig], is_group: Callable[[str], bool]):
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        self._load = load
+        self._is_group = is_group
+        self._bases: dict[tuple[str, ...], DictConfig] = {}
+        self._parser = OverridesParser.create()
+
+    def compose(self, overrides: Sequence[str]) -> DictConfig:
+        """The composed config (``hydra`` node included) of one job."""
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+        parsed = self._parser.parse_overrides(list(overrides))
+        # Anything that changes the defaults list (a group choice, a package, Hydra's own
+        # settings) goes to the full composition; the rest are plain key overrides.
+        structural = [o for o in parsed if o.is_hydra_override() or o.package is not None
+                      or o.is_sweep_override() or self._is_group(o.key_or_group)]
+        plain = [o for o in parsed if o not in structural]
+        key = tuple(o.input_line for o in structural)
+        if key not in self._bases:
+            self._bases[key] = self._load(list(key))
+        cfg = copy.deepcopy(self._bases[key])
+        ConfigLoaderImpl._apply_overrides_to_config(plain, cfg)
+        return cfg
+
+
+def _compose_sweep(overrides: list[str]) -> list[CellConfig]:
+    """Expand and validate a multirun (Hydra must be initialised on ``conf/``)."""
+    from hydra import compose as hydra_compose
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hydra_overrides = [o for o in overrides if is_hydra_override(o)]
+    task = [o for o in overrides if not is_hydra_override(o)]
+    parser = OverridesParser.create()
+    for override in task:
+        try:
+            parser.parse_override(override)
+        except Exception as exc:  # Hydra raises OverrideParseException
+            raise ConfigError(override.partition("=")[0], override.partition("=")[2],
+                              "a valid override key=value") from exc
+
+    def load(job: list[str]) -> DictConfig:
+        try:
+            return hydra_compose(config_name=CONFIG_NAME, overrides=hydra_overrides + job,
+                                 return_hydra_config=True)
+        except Exception as exc:
+            raise _first_bad_override(job, exc) from exc
+
+    fixed = [o for o in task if not parser.parse_override(o).is_sweep_override()]
+    params_node = load(fixed).hydra.sweeper.get("params")
+    params = {} if params_node is None else OmegaConf.to_container(params_node)
     try:
-        jobs = expand(overrides, multirun)
+        jobs = expand(task, True, params)  # type: ignore[arg-type]
     except Exception as exc:
         raise ConfigError("overrides", " ".join(overrides), f"a valid Hydra sweep ({exc})") from exc
     if not jobs:
         raise ConfigError("overrides", " ".join(overrides), "a sweep with at least one cell")
-    return [cell_config(compose(job)) for job in jobs]
+    composer = JobComposer(load, GlobalHydra.instance().config_loader().repository.group_exists)
+    cells = []
+    for job in jobs:
+        try:
+            composed = composer.compose(job)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise _first_bad_override(job, exc) from exc
+        cells.append(cell_config(cell_mapping(composed)))
+    return cells
+
+
+def preflight(argv: Sequence[str]) -> list[CellConfig]:
+    """Compose and validate every cell of a command line; raises :class:`ConfigError`."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_sweeps()
+    overrides, multirun = split_argv(rewrite_sweep_overrides(argv))
+    if not multirun:
+        return [cell_config(compose(overrides))]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return _compose_sweep(overrides)
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def run_one(cfg: CellConfig) -> str:
@@ -146,6 +300,8 @@ def _app(cfg: DictConfig) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Validate the whole command line, then hand it to Hydra."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    register_sweeps()
+    argv = rewrite_sweep_overrides(argv)
     if not any(a in ("--help", "-h", "--hydra-help", "--info", "-i") for a in argv):
         try:
             preflight(argv)

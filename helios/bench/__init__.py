@@ -8,4 +8,6 @@ from __future__ import annotations
 
 BENCHMARKS: dict[str, str] = {
     "engine": "helios.bench.engine",
+    "ilp": "helios.bench.ilp",
+    "sweep": "helios.bench.sweep",
 }

@@ -1,0 +1,491 @@
+"""Ray fan-out of a sweep: :func:`run_sweep` runs cells on a pool of simulation actors.
+
+How a sweep runs
+----------------
+- Cells whose ``cells`` part already exists under ``<output_dir>/<sweep>/`` are
+  skipped (resume): a cell's id is the content hash of its config, so re-running a
+  sweep, or the same sweep with more seeds, runs only the cells not yet done.
+- One :class:`SimulationWorker` actor per CPU of the Ray cluster (or
+  ``ray.num_workers``) runs cells one after another. An actor is a long-lived
+  process, so the clusters and route tables that ``run_cell`` memoises are built
+  once per worker and topology. Each actor holds up to :data:`PIPELINE_DEPTH` cells,
+  so that it starts its next cell as soon as one ends instead of waiting for a round
+  trip to the driver.
+- Results stream back as they finish (``ray.wait``). A worker encodes its cell's
+  Parquet parts (with :func:`helios.results.write_cell`, in a private temporary
+  folder) and returns their bytes; the driver writes them into the results folder
+  (temporary name, then rename; the ``cells`` part last). So workers need no shared
+  file system, and the encoding, the costly part of writing, runs in parallel on
+  the workers instead of serially on the driver.
+- A cell that raises is recorded in the ``failures`` table, and the sweep goes on.
+  A cell whose worker process dies (OOM kill, SIGKILL, lost node) is run again on a
+  fresh actor, up to ``max_retries`` times; only the cell that was running is
+  charged, the cells queued behind it are re-queued for free.
+- Placements go through one :class:`~helios.placement.ray_cache.PlacementCacheActor`
+  per results root: the solver runs once per placement key, however many cells
+  ask for it at the same time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import sys
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from helios.config import CellConfig, to_dict
+from helios.placement.cache import cache_root
+from helios.placement.ray_cache import RayPlacementCache, start_cache_actor
+
+# Workers import this module to unpickle SimulationWorker: the driver-only modules
+# (pandas, pyarrow, tqdm via helios.results) are imported where they are used.
+
+#: Environment of the embedded, loopback-only Ray (see DESIGN.md, "Known traps").
+EMBEDDED_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+#: Cells queued on one actor at a time: one running, one ready to start.
+PIPELINE_DEPTH = 2
+
+#: Columns of the ``cells`` table that depend on timing, caching order or the machine.
+VOLATILE_COLUMNS = ("sim_s", "placement_s", "placement_cache", "host", "git_sha")
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. under taskset or a cgroup cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[str]:
+    """Make sure Ray is up for the duration of the block; yields how it was reached.
+
+    - Ray already initialised in this process: use it (``"existing"``).
+    - ``address`` or ``RAY_ADDRESS`` set: join that cluster (``"cluster"``). Its token
+      authentication, if on, needs ``RAY_AUTH_MODE=token`` and the cluster's token
+      (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``) here too.
+    - Otherwise start a local Ray bound to 127.0.0.1, with no dashboard, sized to
+      ``num_cpus`` or the CPUs this process may use (``"embedded"``); token auth is off by
+      default for it since nothing outside this machine can reach it.
+
+    Ray is shut down at the end of the block only if this call started it.
+    """
+    if ray.is_initialized():
+        yield "existing"
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    quiet = dict(logging_level=logging.WARNING, log_to_driver=False)
+    if address:
+        ray.init(address=address, **quiet)
+        mode = "cluster"
+    else:
+        for key, value in EMBEDDED_ENV.items():
+            os.environ.setdefault(key, value)
+        os.environ.pop("RAY_ADDRESS", None)  # an empty RAY_ADDRESS would confuse ray.init
+        # Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported; without this the
+        # driver would pick the machine's address and Ray would listen on every interface.
+        from ray._private import ray_constants
+
+        cluster_before = ray_constants.ENABLE_RAY_CLUSTER
+        ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] != "0"
+        ray.init(address="local", include_dashboard=False, num_cpus=num_cpus or usable_cpus(),
+                 _node_ip_address="127.0.0.1", **quiet)
+        mode = "embedded"
+    try:
+        yield mode
+    finally:
+        ray.shutdown()
+        if mode == "embedded":
+            ray_constants.ENABLE_RAY_CLUSTER = cluster_before
+
+
+@ray.remote(num_cpus=1, max_restarts=0)
+class SimulationWorker:
+    """A process that runs cells one at a time, reusing what ``run_cell`` memoises."""
+
+    def __init__(self, caches: dict[str, Any]) -> None:
+        self.caches = caches  # placement cache actor of each results root
+        # Import the simulator now, so that "ready" means ready to run a cell at full speed.
+        import helios.cell  # noqa: F401
+        import helios.results  # noqa: F401
+
+        self.actor_id = ray.get_runtime_context().get_actor_id()
+
+    def info(self) -> dict[str, Any]:
+        """Process id and host of this worker (the runner waits for it before sending cells)."""
+        return {"pid": os.getpid(), "host": socket.gethostname(), "actor_id": self.actor_id}
+
+    def run(self, cfg: CellConfig, root: str) -> dict[str, Any]:
+        """Run one cell; an exception becomes a failure record instead of a task error."""
+        from helios.cell import run_cell
+
+        t0 = time.perf_counter()
+        try:
+            client = RayPlacementCache(self.caches[root], owner=self.actor_id)
+            result = run_cell(cfg, cache=client)
+            run_s = time.perf_counter() - t0
+            parts = encode_parts(result.cell_id, result.tables, result.config)
+            encode_s = time.perf_counter() - t0 - run_s
+        except Exception as exc:  # noqa: BLE001 - every cell error is data for the failures table
+            return {"ok": False, "error_type": type(exc).__name__, "message": str(exc),
+                    "traceback": traceback.format_exc(), "host": socket.gethostname(),
+                    "run_s": time.perf_counter() - t0}
+        return {"ok": True, "cell_id": result.cell_id, "parts": parts,
+                "summary": result.summary, "run_s": run_s, "encode_s": encode_s}
+
+
+def encode_parts(cell_id: str, tables: dict[str, list[dict[str, Any]]],
+                 config: dict[str, Any]) -> list[tuple[str, bytes]]:
+    """Parquet bytes of each non-empty table of a cell, ``cells`` last (the write order)."""
+    import tempfile
+
+    from helios.results import write_cell
+
+    with tempfile.TemporaryDirectory(prefix="helios-parts-") as tmp:
+        paths = write_cell(tmp, cell_id, tables, config)
+        return [(path.parent.name, path.read_bytes()) for path in paths]
+
+
+def write_parts(sweep_dir: Path, cell_id: str, parts: Sequence[tuple[str, bytes]]) -> None:
+    """Write encoded parts atomically (hidden temporary name, then rename), in order."""
+    import uuid
+
+    from helios.results import part_path
+
+    for table, data in parts:
+        final = part_path(sweep_dir, table, cell_id)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".tmp-{final.stem}-{uuid.uuid4().hex}.parquet"
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class Cell:
+    """One cell to run: its config, id, results folder and a label for messages."""
+
+    cfg: CellConfig
+    cell_id: str
+    sweep_dir: Path
+    label: str
+    deaths: int = 0
+
+
+@dataclass
+class SweepReport:
+    """What a sweep did; ``exit_code`` is 1 if any cell finally failed."""
+
+    total: int = 0
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    duplicates: int = 0
+    failed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    summaries: dict[str, str] = field(default_factory=dict)
+    sweep_dirs: list[str] = field(default_factory=list)
+    workers: int = 0
+    worker_deaths: int = 0
+    wall_s: float = 0.0
+    startup_s: float = 0.0
+    busy_s: float = 0.0
+    encode_s: float = 0.0
+    placement: dict[str, int] = field(default_factory=dict)
+    ray: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def lines(self) -> list[str]:
+        """The end-of-sweep summary, one message per line."""
+        ran = len(self.done) + len(self.failed)
+        rate = 60.0 * ran / self.wall_s if self.wall_s > 0 else 0.0
+        p = self.placement
+        saved = p.get("memory_hits", 0) + p.get("disk_hits", 0) + p.get("waited", 0)
+        out = [
+            f"helios: {self.total} cells: {len(self.done)} run, {len(self.skipped)} skipped "
+            f"(already done), {len(self.failed)} failed; {self.workers} workers, "
+            f"{self.wall_s:.1f} s wall, {rate:.1f} cells/min",
+            f"helios: placements: {p.get('solves', 0)} solved, {saved} saved by the cache "
+            f"({p.get('disk_hits', 0) + p.get('memory_hits', 0)} hits, "
+            f"{p.get('waited', 0)} waited for a solve in progress)",
+            "helios: results in " + ", ".join(self.sweep_dirs),
+        ]
+        if self.ray:
+            out.append(f"helios: ran on {self.ray}")
+        if self.worker_deaths:
+            out.append(f"helios: {self.worker_deaths} worker processes died; "
+                       "their cells were retried")
+        if self.failed:
+            out.append(f"helios: {len(self.failed)} cells FAILED (see the failures table):")
+            for cid, f in self.failed.items():
+                first_line = (f["message"].splitlines() or [""])[0]
+                out.append(f"  {cid} [{f['label']}]: {f['error_type']}: {first_line}")
+        return out
+
+
+def default_num_workers() -> int:
+    """One worker per CPU of the Ray cluster this process is connected to."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def plan(cells: Sequence[CellConfig], labels: Sequence[str] | None = None
+         ) -> tuple[list[Cell], list[Cell], int]:
+    """Split ``cells`` into (to run, already done, duplicate count) by cell id and folder."""
+    from helios.cell import cell_id as compute_cell_id
+    from helios.results import done_cell_ids
+
+    labels = list(labels) if labels is not None else [""] * len(cells)
+    done_by_dir: dict[Path, set[str]] = {}
+    seen: set[tuple[Path, str]] = set()
+    todo, done, dupes = [], [], 0
+    for cfg, label in zip(cells, labels):
+        cell = Cell(cfg, compute_cell_id(cfg), Path(cfg.output_dir) / cfg.sweep, label)
+        cell.label = cell.label or f"{cfg.strategy.name} seed={cfg.seed} ({cell.cell_id})"
+        if (cell.sweep_dir, cell.cell_id) in seen:
+            dupes += 1
+            continue
+        seen.add((cell.sweep_dir, cell.cell_id))
+        if cell.sweep_dir not in done_by_dir:
+            done_by_dir[cell.sweep_dir] = done_cell_ids(cell.sweep_dir)
+        (done if cell.cell_id in done_by_dir[cell.sweep_dir] else todo).append(cell)
+    return todo, done, dupes
+
+
+def run_sweep(cells: Sequence[CellConfig], *, labels: Sequence[str] | None = None,
+              num_workers: int | None = None, max_retries: int = 2, address: str | None = None,
+              progress: bool = True, print_summary: bool = True,
+              on_result: Callable[[str, str, list[int]], None] | None = None) -> SweepReport:
+    """Run every cell not yet done, write its Parquet parts, and report.
+
+    Parameters
+    ----------
+    cells : sequence of CellConfig
+        The sweep (duplicates by cell id are run once).
+    labels : sequence of str, optional
+        How to name each cell in messages (the launcher passes its overrides).
+    num_workers : int, optional
+        Simulation actors; default one per CPU of the Ray cluster.
+    max_retries : int
+        Reruns of a cell whose worker process died.
+    address : str, optional
+        Ray cluster to join when Ray is not yet initialised (see :func:`ray_session`).
+    progress, print_summary : bool
+        Show the progress bar (stderr); print per-cell and end summaries (stdout).
+    on_result : callable, optional
+        Called after each finished cell with ``(cell_id, "done" | "failed", pids)``,
+        ``pids`` being the process ids of the workers busy at that moment.
+    """
+    t0 = time.perf_counter()
+    todo, skipped, dupes = plan(cells, labels)
+    report = SweepReport(total=len(todo) + len(skipped), skipped=[c.cell_id for c in skipped],
+                         duplicates=dupes,
+                         sweep_dirs=sorted({str(c.sweep_dir) for c in [*todo, *skipped]}))
+    if todo:
+        with ray_session(address) as mode:
+            workers = min(num_workers or default_num_workers(), len(todo))
+            report.workers = workers
+            report.ray = f"{mode} Ray at {ray.get_runtime_context().gcs_address}"
+            _Pool(todo, workers, max_retries, report, progress, print_summary, on_result).run()
+    report.wall_s = time.perf_counter() - t0
+    if print_summary:
+        print("\n".join(report.lines()), flush=True)
+    return report
+
+
+class _Slot:
+    """One worker actor and the cells submitted to it, oldest (the running one) first."""
+
+    def __init__(self, caches: dict[str, Any]) -> None:
+        self.actor = SimulationWorker.options(scheduling_strategy="SPREAD").remote(caches)
+        self.actor_id: str | None = None
+        self.ready_ref = self.actor.info.remote()
+        self.ready = False
+        self.pid: int | None = None
+        self.queue: deque[tuple[Any, Cell]] = deque()
+
+
+class _Pool:
+    """The scheduling loop of :func:`run_sweep`."""
+
+    def __init__(self, todo: list[Cell], workers: int, max_retries: int, report: SweepReport,
+                 progress: bool, print_summary: bool,
+                 on_result: Callable[[str, str, list[int]], None] | None) -> None:
+        from tqdm import tqdm
+
+        self.pending = deque(todo)
+        self.max_retries = max_retries
+        self.report = report
+        self.print_summary = print_summary
+        self.on_result = on_result
+        self.caches = {str(root): start_cache_actor(root)
+                       for root in {cache_root(c.cfg) for c in todo}}
+        self.stats0 = self._cache_stats()
+        self.t0 = time.perf_counter()
+        self.slots = [_Slot(self.caches) for _ in range(workers)]
+        self.starting = workers  # initial workers not yet ready
+        self.inflight: dict[Any, tuple[_Slot, Cell]] = {}
+        self.bar = tqdm(total=len(todo), unit="cell", file=sys.stderr, disable=not progress,
+                        dynamic_ncols=True, desc="helios sweep",
+                        # in a log file, a line every 30 s rather than every redraw
+                        mininterval=0.5 if sys.stderr.isatty() else 30.0)
+
+    def _cache_stats(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for stats in ray.get([a.stats.remote() for a in self.caches.values()]):
+            for key, value in stats.items():
+                total[key] = total.get(key, 0) + value
+        return total
+
+    def run(self) -> None:
+        try:
+            while self.pending or self.inflight:
+                self._fill()
+                starting = {s.ready_ref: s for s in self.slots if not s.ready}
+                ready, _ = ray.wait([*self.inflight, *starting], num_returns=1, timeout=1.0)
+                for ref in ready:
+                    if ref in starting:
+                        self._started(starting[ref])
+                    elif ref in self.inflight:
+                        self._finished(ref)
+                self._refresh()
+        finally:
+            self.bar.close()
+            after = self._cache_stats()
+            self.report.placement = {k: v - self.stats0.get(k, 0) for k, v in after.items()}
+            for slot in self.slots:
+                ray.kill(slot.actor, no_restart=True)
+
+    def _fill(self) -> None:
+        for slot in self.slots:
+            while slot.ready and self.pending and len(slot.queue) < PIPELINE_DEPTH:
+                cell = self.pending.popleft()
+                ref = slot.actor.run.remote(cell.cfg, str(cache_root(cell.cfg)))
+                slot.queue.append((ref, cell))
+                self.inflight[ref] = (slot, cell)
+
+    def _started(self, slot: _Slot) -> None:
+        try:
+            info = ray.get(slot.ready_ref)
+            slot.pid, slot.actor_id, slot.ready = info["pid"], info["actor_id"], True
+            if self.starting > 0:
+                self.starting -= 1
+                if self.starting == 0:  # the whole initial pool is up
+                    self.report.startup_s = time.perf_counter() - self.t0
+        except ray.exceptions.RayError:
+            self._replace(slot)
+
+    def _finished(self, ref: Any) -> None:
+        slot, cell = self.inflight[ref]
+        try:
+            payload = ray.get(ref)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+            self._worker_died(slot)
+            return
+        except ray.exceptions.RayError as exc:  # e.g. a result that failed to deserialise
+            payload = {"ok": False, "error_type": type(exc).__name__, "message": str(exc),
+                       "traceback": "", "host": ""}
+        del self.inflight[ref]
+        slot.queue.remove((ref, cell))
+        self._record(cell, payload)
+
+    def _record(self, cell: Cell, payload: dict[str, Any]) -> None:
+        from helios.results import part_path
+
+        self.report.busy_s += payload.get("run_s", 0.0)
+        self.report.encode_s += payload.get("encode_s", 0.0)
+        if payload["ok"]:
+            if payload["cell_id"] != cell.cell_id:  # driver and worker disagree on the code
+                payload = {"ok": False, "error_type": "CellIdMismatch",
+                           "message": f"worker computed cell id {payload['cell_id']}",
+                           "traceback": "", "host": ""}
+        if payload["ok"]:
+            write_parts(cell.sweep_dir, cell.cell_id, payload["parts"])
+            part_path(cell.sweep_dir, "failures", cell.cell_id).unlink(missing_ok=True)
+            self.report.done.append(cell.cell_id)
+            self.report.summaries[cell.cell_id] = payload["summary"]
+            if self.print_summary:
+                self.bar.write(f"{cell.label}: {payload['summary']}", file=sys.stdout)
+            status = "done"
+        else:
+            self._fail(cell, payload)
+            status = "failed"
+        self.bar.update(1)
+        if self.on_result is not None:
+            self.on_result(cell.cell_id, status, [s.pid for s in self.slots if s.queue and s.pid])
+
+    def _fail(self, cell: Cell, payload: dict[str, Any]) -> None:
+        cfg = cell.cfg
+        row = {"sweep": cfg.sweep, "cell_id": cell.cell_id, "topology": cfg.topology.name,
+               "model": cfg.model.name, "scenario": cfg.scenario.name,
+               "strategy": cfg.strategy.name, "seed": cfg.seed, "label": cell.label,
+               "error_type": payload["error_type"], "message": payload["message"],
+               "traceback": payload["traceback"], "attempts": cell.deaths + 1,
+               "host": payload.get("host", "")}
+        from helios.results import write_part
+
+        write_part(cell.sweep_dir, "failures", cell.cell_id, [row], to_dict(cfg))
+        self.report.failed[cell.cell_id] = row
+        if self.print_summary:
+            self.bar.write(f"{cell.label}: FAILED {row['error_type']}: {row['message']}",
+                           file=sys.stderr)
+
+    def _worker_died(self, slot: _Slot) -> None:
+        """Re-queue the dead worker's cells; charge the one it was running."""
+        self.report.worker_deaths += 1
+        charged = False
+        victims = []
+        for ref, cell in list(slot.queue):
+            del self.inflight[ref]
+            try:  # a cell may have finished just before the process died
+                payload = ray.get(ref, timeout=0) if ray.wait([ref], timeout=0)[0] else None
+            except ray.exceptions.RayError:
+                payload = None
+            if payload is not None:
+                self._record(cell, payload)
+                continue
+            if not charged:
+                cell.deaths, charged = cell.deaths + 1, True
+            victims.append(cell)
+        slot.queue.clear()
+        for cell in reversed(victims):
+            if cell.deaths > self.max_retries:
+                self._fail(cell, {"error_type": "WorkerDied", "traceback": "", "host": "",
+                                  "message": f"worker process died {cell.deaths} times "
+                                             f"(ray.max_retries={self.max_retries})"})
+                self.bar.update(1)
+            else:
+                self.pending.appendleft(cell)
+        self._replace(slot)
+
+    def _replace(self, slot: _Slot) -> None:
+        if slot.actor_id is not None:  # release placements the dead worker was solving
+            for cache in self.caches.values():
+                cache.abandon_owner.remote(slot.actor_id)
+        with contextlib.suppress(Exception):
+            ray.kill(slot.actor, no_restart=True)
+        self.slots[self.slots.index(slot)] = _Slot(self.caches)
+
+    def _refresh(self) -> None:
+        running = sum(1 for s in self.slots if s.queue)
+        self.bar.set_postfix_str(
+            f"done={len(self.report.done)} skipped={len(self.report.skipped)} "
+            f"failed={len(self.report.failed)} running={running}", refresh=False)

@@ -1,0 +1,82 @@
+"""Shared fixtures: one local Ray per test session.
+
+``ray.init`` costs seconds and every actor ~120 MB, so tests that need Ray share one
+local instance (:func:`ray_local`), started on first use. A test that needs a
+multi-node cluster (:func:`ray_cluster`) shuts it down and starts a loopback
+``ray.cluster_utils.Cluster``; the next test that asks for ``ray_local`` starts the
+local one again. Subprocess tests of the CLI start their own Ray, or join this one
+through ``RAY_ADDRESS``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Before anything imports Ray: no token auth and no address rewriting for the
+# loopback-only test clusters, and no usage reporting (see DESIGN.md, "Known traps").
+RAY_TEST_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+os.environ.update(RAY_TEST_ENV)
+os.environ.pop("RAY_ADDRESS", None)
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+RAY_TEST_CPUS = 2
+
+
+def _start_local_ray() -> None:
+    import ray
+
+    ray.init(address="local", include_dashboard=False, num_cpus=RAY_TEST_CPUS,
+             _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False)
+
+
+@pytest.fixture(scope="session")
+def _ray_teardown():
+    """Shut down whatever Ray the session left running."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture
+def ray_local(_ray_teardown):
+    """The session's local Ray (2 CPUs, loopback, no dashboard), started on first use."""
+    import ray
+
+    if not ray.is_initialized():
+        _start_local_ray()
+    yield ray
+
+
+@pytest.fixture
+def ray_cluster(_ray_teardown):
+    """A two-node loopback Ray cluster (1 CPU per node), connected for this test only."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
+                                      "include_dashboard": False})
+    cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False)
+    cluster.wait_for_nodes()
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
