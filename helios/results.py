@@ -8,6 +8,7 @@ The file metadata carries the cell's composed config (JSON) and package versions
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -25,8 +26,9 @@ TABLES = ("cells", "timeseries", "events", "requests", "failures")
 _PACKAGES = ("helios-moe", "numpy", "simpy", "networkx", "pulp", "pandas", "pyarrow", "ray", "hydra-core")
 
 
+@functools.lru_cache(maxsize=1)
 def package_versions() -> dict[str, str]:
-    """Versions of Python and the packages a result depends on."""
+    """Versions of Python and the packages a result depends on (looked up once per process)."""
     out = {"python": platform.python_version()}
     for name in _PACKAGES:
         try:
@@ -36,9 +38,38 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def _uniform(rows: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with the same keys in the same order (missing values as None)."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    return [{k: row.get(k) for k in keys} for row in rows]
+
+
 def part_path(sweep_dir: Path | str, table: str, cell_id: str) -> Path:
     """Where ``table``'s part file of cell ``cell_id`` lives."""
     return Path(sweep_dir) / table / f"part-{cell_id}.parquet"
+
+
+def encode_part(rows: list[Mapping[str, Any]], config: Mapping[str, Any] | None = None) -> bytes:
+    """Parquet bytes of ``rows``, with the composed config and package versions as metadata."""
+    arrow = pa.Table.from_pylist(_uniform(rows))
+    meta = dict(arrow.schema.metadata or {})
+    meta[b"helios.config"] = json.dumps(config or {}, sort_keys=True, default=str).encode()
+    meta[b"helios.versions"] = json.dumps(package_versions(), sort_keys=True).encode()
+    sink = pa.BufferOutputStream()
+    pq.write_table(arrow.replace_schema_metadata(meta), sink)
+    return sink.getvalue().to_pybytes()
+
+
+def write_atomic(final: Path, data: bytes) -> Path:
+    """Write ``data`` to a hidden temporary file next to ``final``, then rename it over ``final``."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.stem}-{uuid.uuid4().hex}.parquet"
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
 
 
 def write_part(sweep_dir: Path | str, table: str, cell_id: str, rows: list[Mapping[str, Any]],
@@ -46,21 +77,7 @@ def write_part(sweep_dir: Path | str, table: str, cell_id: str, rows: list[Mappi
     """Atomically write one cell's rows of ``table``; returns the path, or None if no rows."""
     if not rows:
         return None
-    final = part_path(sweep_dir, table, cell_id)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    arrow = pa.Table.from_pandas(pd.DataFrame(list(rows)), preserve_index=False)
-    meta = dict(arrow.schema.metadata or {})
-    meta[b"helios.config"] = json.dumps(config or {}, sort_keys=True, default=str).encode()
-    meta[b"helios.versions"] = json.dumps(package_versions(), sort_keys=True).encode()
-    arrow = arrow.replace_schema_metadata(meta)
-    tmp = final.parent / f".tmp-{final.stem}-{uuid.uuid4().hex}.parquet"
-    try:
-        pq.write_table(arrow, tmp)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return final
+    return write_atomic(part_path(sweep_dir, table, cell_id), encode_part(rows, config))
 
 
 def write_cell(sweep_dir: Path | str, cell_id: str, tables: Mapping[str, list[Mapping[str, Any]]],

@@ -12,8 +12,7 @@ How a sweep runs
   so that it starts its next cell as soon as one ends instead of waiting for a round
   trip to the driver.
 - Results stream back as they finish (``ray.wait``). A worker encodes its cell's
-  Parquet parts (with :func:`helios.results.write_cell`, in a private temporary
-  folder) and returns their bytes; the driver writes them into the results folder
+  Parquet parts in memory (:func:`helios.results.encode_part`) and returns their bytes; the driver writes them into the results folder
   (temporary name, then rename; the ``cells`` part last). So workers need no shared
   file system, and the encoding, the costly part of writing, runs in parallel on
   the workers instead of serially on the driver.
@@ -153,30 +152,18 @@ class SimulationWorker:
 def encode_parts(cell_id: str, tables: dict[str, list[dict[str, Any]]],
                  config: dict[str, Any]) -> list[tuple[str, bytes]]:
     """Parquet bytes of each non-empty table of a cell, ``cells`` last (the write order)."""
-    import tempfile
+    from helios.results import encode_part
 
-    from helios.results import write_cell
-
-    with tempfile.TemporaryDirectory(prefix="helios-parts-") as tmp:
-        paths = write_cell(tmp, cell_id, tables, config)
-        return [(path.parent.name, path.read_bytes()) for path in paths]
+    order = sorted((t for t in tables if tables[t]), key=lambda t: t == "cells")
+    return [(table, encode_part(tables[table], config)) for table in order]
 
 
 def write_parts(sweep_dir: Path, cell_id: str, parts: Sequence[tuple[str, bytes]]) -> None:
     """Write encoded parts atomically (hidden temporary name, then rename), in order."""
-    import uuid
-
-    from helios.results import part_path
+    from helios.results import part_path, write_atomic
 
     for table, data in parts:
-        final = part_path(sweep_dir, table, cell_id)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".tmp-{final.stem}-{uuid.uuid4().hex}.parquet"
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(part_path(sweep_dir, table, cell_id), data)
 
 
 @dataclass
