@@ -22,7 +22,7 @@ from helios import __version__
 from helios.config import CellConfig, DragonflyConfig, FatTreeConfig, TopologyConfig, cell_config, flatten, to_dict
 from helios.moe import model_spec
 from helios.placement import PlacementContext
-from helios.placement.cache import obtain_placement
+from helios.placement.cache import DiskPlacementCache, cache_root, obtain_placement
 from helios.sim.adaptation import make_controller
 from helios.sim.engine import Simulation
 from helios.sim.metrics import cell_metrics, window_records
@@ -100,7 +100,8 @@ def prepare(cfg: CellConfig) -> tuple[Any, Any, Workload, PlacementContext]:
                         cfg.sim.layers, cfg.sim.duration_s, cfg.seed)
     ctx = PlacementContext(cluster=cluster, spec=spec, expected_load=workload.expected_load(0.0),
                            source_share=workload.source_distribution(),
-                           slots_per_gpu=spec.slots_per_gpu, strategy=cfg.strategy, seed=cfg.seed)
+                           slots_per_gpu=spec.slots_per_gpu, strategy=cfg.strategy, seed=cfg.seed,
+                           tokens_per_request=float(cfg.scenario.tokens_per_request))
     return cluster, spec, workload, ctx
 
 
@@ -113,14 +114,17 @@ def run_cell(cfg: CellConfig | Mapping[str, Any], cache: Any = None) -> CellResu
         A validated config, or a composed mapping that is validated first.
     cache : placement cache, optional
         Where solved placements are shared (see :mod:`helios.placement.cache`);
-        by default a disk cache under ``cfg.output_dir``.
+        by default (None) a disk cache under ``<cfg.output_dir>/placement_cache``;
+        ``False`` solves without any cache.
     """
     if not isinstance(cfg, CellConfig):
         cfg = cell_config(cfg)
     cid = cell_id(cfg)
     cluster, spec, workload, ctx = prepare(cfg)
     t0 = time.perf_counter()
-    placement, cache_hit = obtain_placement(ctx, cache)
+    if cache is None:
+        cache = DiskPlacementCache(cache_root(cfg))
+    placement, cache_hit = obtain_placement(ctx, cache if cache is not False else None)
     placement_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()

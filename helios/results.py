@@ -61,9 +61,15 @@ def encode_part(rows: list[Mapping[str, Any]], config: Mapping[str, Any] | None 
 
 
 def write_atomic(final: Path, data: bytes) -> Path:
-    """Write ``data`` to a hidden temporary file next to ``final``, then rename it over ``final``."""
+    """Write ``data`` to a hidden temporary file next to ``final``, then rename it over ``final``.
+
+    The temporary name (``.tmp-<stem>-<uuid>.tmp``) is hidden, which pyarrow and pandas
+    dataset reads skip, and does not end in ``.parquet``, which ``*.parquet`` globs (DuckDB
+    matches hidden files) skip. A writer killed before the rename leaves it behind;
+    :func:`helios.storage.remove_stale_temporaries` deletes it on the next sweep.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.stem}-{uuid.uuid4().hex}.parquet"
+    tmp = final.parent / f".tmp-{final.stem}-{uuid.uuid4().hex}.tmp"
     try:
         tmp.write_bytes(data)
         os.replace(tmp, final)

@@ -16,6 +16,11 @@ How a sweep runs
   (temporary name, then rename; the ``cells`` part last). So workers need no shared
   file system, and the encoding, the costly part of writing, runs in parallel on
   the workers instead of serially on the driver.
+- Sweeps may share a results folder, at the same time too: before it submits a
+  cell, the driver takes the cell's claim (:mod:`helios.storage`, a ``flock``) and
+  looks again whether the cell is done. A cell another sweep is running is deferred
+  and tried again later, and skipped once the other sweep has written it; so no cell
+  is run or written twice. Temporary files of killed writers are removed.
 - A cell that raises is recorded in the ``failures`` table, and the sweep goes on.
   A cell whose worker process dies (OOM kill, SIGKILL, lost node) is run again on a
   fresh actor, up to ``max_retries`` times; only the cell that was running is
@@ -58,6 +63,9 @@ EMBEDDED_ENV = {
 
 #: Cells queued on one actor at a time: one running, one ready to start.
 PIPELINE_DEPTH = 2
+
+#: Seconds between attempts to claim cells that another sweep is running.
+DEFER_POLL_S = 0.5
 
 #: Columns of the ``cells`` table that depend on timing, caching order or the machine.
 VOLATILE_COLUMNS = ("sim_s", "placement_s", "placement_cache", "host", "git_sha")
@@ -133,9 +141,11 @@ class SimulationWorker:
     def run(self, cfg: CellConfig, root: str) -> dict[str, Any]:
         """Run one cell; an exception becomes a failure record instead of a task error."""
         from helios.cell import run_cell
+        from helios.faults import inject_faults
 
         t0 = time.perf_counter()
         try:
+            inject_faults(cfg)  # test-only faults (helios.faults); none by default
             client = RayPlacementCache(self.caches[root], owner=self.actor_id)
             result = run_cell(cfg, cache=client)
             run_s = time.perf_counter() - t0
@@ -175,6 +185,7 @@ class Cell:
     sweep_dir: Path
     label: str
     deaths: int = 0
+    claim: Any = None  # helios.storage.Claim while this driver holds the cell
 
 
 @dataclass
@@ -184,6 +195,7 @@ class SweepReport:
     total: int = 0
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    by_other_sweep: list[str] = field(default_factory=list)
     duplicates: int = 0
     failed: dict[str, dict[str, Any]] = field(default_factory=dict)
     summaries: dict[str, str] = field(default_factory=dict)
@@ -216,6 +228,9 @@ class SweepReport:
             f"{p.get('waited', 0)} waited for a solve in progress)",
             "helios: results in " + ", ".join(self.sweep_dirs),
         ]
+        if self.by_other_sweep:
+            out.append(f"helios: {len(self.by_other_sweep)} of the skipped cells were finished "
+                       "meanwhile by another sweep into the same folder")
         if self.ray:
             out.append(f"helios: ran on {self.ray}")
         if self.worker_deaths:
@@ -281,11 +296,15 @@ def run_sweep(cells: Sequence[CellConfig], *, labels: Sequence[str] | None = Non
         Called after each finished cell with ``(cell_id, "done" | "failed", pids)``,
         ``pids`` being the process ids of the workers busy at that moment.
     """
+    from helios.storage import remove_stale_temporaries
+
     t0 = time.perf_counter()
     todo, skipped, dupes = plan(cells, labels)
     report = SweepReport(total=len(todo) + len(skipped), skipped=[c.cell_id for c in skipped],
                          duplicates=dupes,
                          sweep_dirs=sorted({str(c.sweep_dir) for c in [*todo, *skipped]}))
+    for sweep_dir in report.sweep_dirs:  # left by a killed run (this one or another sweep)
+        remove_stale_temporaries(sweep_dir)
     if todo:
         with ray_session(address) as mode:
             workers = min(num_workers or default_num_workers(), len(todo))
@@ -330,6 +349,8 @@ class _Pool:
         self.slots = [_Slot(self.caches) for _ in range(workers)]
         self.starting = workers  # initial workers not yet ready
         self.inflight: dict[Any, tuple[_Slot, Cell]] = {}
+        self.deferred: list[Cell] = []  # cells another sweep holds the claim of
+        self.deferred_at = 0.0
         self.bar = tqdm(total=len(todo), unit="cell", file=sys.stderr, disable=not progress,
                         dynamic_ncols=True, desc="helios sweep",
                         # in a log file, a line every 30 s rather than every redraw
@@ -344,9 +365,15 @@ class _Pool:
 
     def run(self) -> None:
         try:
-            while self.pending or self.inflight:
+            while self.pending or self.inflight or self.deferred:
+                if self.deferred and time.monotonic() - self.deferred_at >= DEFER_POLL_S:
+                    self.pending.extend(self.deferred)  # try their claims again
+                    self.deferred.clear()
                 self._fill()
                 starting = {s.ready_ref: s for s in self.slots if not s.ready}
+                if not self.inflight and not starting:  # only cells another sweep is running
+                    time.sleep(DEFER_POLL_S)
+                    continue
                 ready, _ = ray.wait([*self.inflight, *starting], num_returns=1, timeout=1.0)
                 for ref in ready:
                     if ref in starting:
@@ -355,6 +382,8 @@ class _Pool:
                         self._finished(ref)
                 self._refresh()
         finally:
+            for cell in [*self.pending, *(c for _, c in self.inflight.values())]:
+                self._release(cell)
             self.bar.close()
             after = self._cache_stats()
             self.report.placement = {k: v - self.stats0.get(k, 0) for k, v in after.items()}
@@ -363,11 +392,48 @@ class _Pool:
 
     def _fill(self) -> None:
         for slot in self.slots:
-            while slot.ready and self.pending and len(slot.queue) < PIPELINE_DEPTH:
-                cell = self.pending.popleft()
+            while slot.ready and len(slot.queue) < PIPELINE_DEPTH:
+                cell = self._next_cell()
+                if cell is None:
+                    break
                 ref = slot.actor.run.remote(cell.cfg, str(cache_root(cell.cfg)))
                 slot.queue.append((ref, cell))
                 self.inflight[ref] = (slot, cell)
+
+    def _next_cell(self) -> Cell | None:
+        """The next pending cell, claimed by this driver and not done; None if there is none."""
+        from helios.results import part_path
+        from helios.storage import claim, holder, remove_stale_temporaries
+
+        while self.pending:
+            cell = self.pending.popleft()
+            if cell.claim is not None:  # re-queued after its worker died: still ours
+                return cell
+            lock = claim(cell.sweep_dir, cell.cell_id)
+            if lock is None:
+                if not self.deferred_at and self.print_summary:
+                    who = holder(cell.sweep_dir, cell.cell_id) or "another process"
+                    self.bar.write(f"helios: another sweep ({who}) is running cells of "
+                                   f"{cell.sweep_dir}; running the others first", file=sys.stderr)
+                self.deferred.append(cell)
+                self.deferred_at = time.monotonic()
+                continue
+            if part_path(cell.sweep_dir, "cells", cell.cell_id).exists():
+                lock.release()  # another sweep finished it since plan()
+                self.report.skipped.append(cell.cell_id)
+                self.report.by_other_sweep.append(cell.cell_id)
+                self.bar.update(1)
+                continue
+            remove_stale_temporaries(cell.sweep_dir, [cell.cell_id], held=True)
+            cell.claim = lock
+            return cell
+        return None
+
+    @staticmethod
+    def _release(cell: Cell) -> None:
+        if cell.claim is not None:
+            cell.claim.release()
+            cell.claim = None
 
     def _started(self, slot: _Slot) -> None:
         try:
@@ -407,6 +473,7 @@ class _Pool:
         if payload["ok"]:
             write_parts(cell.sweep_dir, cell.cell_id, payload["parts"])
             part_path(cell.sweep_dir, "failures", cell.cell_id).unlink(missing_ok=True)
+            self._release(cell)
             self.report.done.append(cell.cell_id)
             self.report.summaries[cell.cell_id] = payload["summary"]
             if self.print_summary:
@@ -430,6 +497,7 @@ class _Pool:
         from helios.results import write_part
 
         write_part(cell.sweep_dir, "failures", cell.cell_id, [row], to_dict(cfg))
+        self._release(cell)
         self.report.failed[cell.cell_id] = row
         if self.print_summary:
             self.bar.write(f"{cell.label}: FAILED {row['error_type']}: {row['message']}",

@@ -17,12 +17,15 @@ that is the config key naming the results folder: ``sweep=<name>`` (no ``+``) on
 names the folder, it does not load a file.
 
 Every cell the command line describes is composed and validated *before* Hydra
-starts any job: a bad value prints ``helios: config error: <key>=<value>: <allowed>``
-and exits with status 2, with no traceback and nothing written.
+starts any job, and every results folder it names is checked to be writable (by
+creating and removing a hidden file): a bad value or an unwritable ``output_dir``
+prints ``helios: config error: <key>=<value>: <allowed>`` and exits with status 2,
+with no traceback and nothing written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 from collections.abc import Callable, Sequence
@@ -248,7 +251,7 @@ def _compose_sweep(overrides: list[str]) -> list[CellConfig]:
     except Exception as exc:
         raise ConfigError("overrides", " ".join(overrides), f"a valid Hydra sweep ({exc})") from exc
     if not jobs:
-        raise ConfigError("overrides", " ".join(overrides), "a sweep with at least one cell")
+        raise _empty_sweep(task, params or {})
     composer = JobComposer(load, GlobalHydra.instance().config_loader().repository.group_exists)
     cells = []
     for job in jobs:
@@ -262,31 +265,67 @@ def _compose_sweep(overrides: list[str]) -> list[CellConfig]:
     return cells
 
 
+def _empty_sweep(task: Sequence[str], params: dict[str, Any]) -> ConfigError:
+    """The error of a sweep that expands to no cell, naming the override that is empty."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hydra_state = GlobalHydra.instance()
+    loader = hydra_state.config_loader() if hydra_state.is_initialized() else None  # for glob()
+    parser = OverridesParser.create(config_loader=loader)
+    for text in [f"{k}={v}" for k, v in params.items()] + list(task):
+        with contextlib.suppress(Exception):
+            override = parser.parse_overrides([text])[0]  # (parse_override skips the loader)
+            if override.is_sweep_override() and not any(
+                    BasicSweeper.split_arguments([override], None)):
+                key, _, value = text.lstrip("+~").partition("=")
+                return ConfigError(key, value, "a sweep over at least one value")
+    return ConfigError("overrides", " ".join(task), "a sweep with at least one cell")
+
+
 def preflight(argv: Sequence[str]) -> list[CellConfig]:
-    """Compose and validate every cell of a command line; raises :class:`ConfigError`."""
+    """Compose and validate every cell of a command line and check its results folders.
+
+    Raises
+    ------
+    ConfigError
+        For the first bad value, or an ``output_dir`` this process cannot write to.
+    """
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+
+    from helios.storage import check_output_dirs
 
     register_sweeps()
     overrides, multirun = split_argv(rewrite_sweep_overrides(argv))
     if not multirun:
-        return [cell_config(compose(overrides))]
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return _compose_sweep(overrides)
-    finally:
+        cells = [cell_config(compose(overrides))]
+    else:
         GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                cells = _compose_sweep(overrides)
+        finally:
+            GlobalHydra.instance().clear()
+    check_output_dirs(cells)
+    return cells
 
 
 def run_one(cfg: CellConfig) -> str:
     """Run a cell, write its parts, and return the summary line."""
     from helios.cell import run_cell
+    from helios.faults import inject_faults
     from helios.results import write_cell
+    from helios.storage import claim
 
+    inject_faults(cfg)  # test-only faults (helios.faults); none by default
     result = run_cell(cfg)
     sweep_dir = Path(cfg.output_dir) / cfg.sweep
-    write_cell(sweep_dir, result.cell_id, result.tables, result.config)
+    # Hold the cell's claim while writing, so that a sweep into the same folder neither
+    # writes this cell at the same time nor takes our temporary files for stale ones.
+    with claim(sweep_dir, result.cell_id, wait=True):  # type: ignore[union-attr]
+        write_cell(sweep_dir, result.cell_id, result.tables, result.config)
     print(f"helios: cell {result.cell_id} written to {sweep_dir}", file=sys.stderr)
     return result.summary
 

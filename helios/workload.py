@@ -246,3 +246,8 @@ class Workload:
     def source_distribution(self) -> np.ndarray:
         """Share of requests homed on each GPU: shape (num_gpus,), uniform."""
         return np.full(self.num_gpus, 1.0 / self.num_gpus)
+
+
+# Registers the drift scenarios (and their configs) under their names; kept last so
+# that helios.scenarios finds Scenario and SCENARIO_CLASSES defined.
+import helios.scenarios  # noqa: E402,F401

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from helios.errors import ConfigError
 from helios.placement.base import Placement, PlacementContext, check_fits
 from helios.placement.baselines import greedy, round_robin
+from helios.placement.eplb import eplb
+from helios.placement.ilp import helios_hops, helios_static
 
 PlaceFn = Callable[[PlacementContext], Placement]
 
@@ -30,6 +32,13 @@ class Strategy:
 STRATEGIES: dict[str, Strategy] = {
     "round_robin": Strategy(round_robin),
     "greedy": Strategy(greedy),
+    "helios_static": Strategy(helios_static, params=("ilp",)),
+    "helios_hops": Strategy(helios_hops, params=("ilp",)),
+    "eplb": Strategy(eplb, params=("eplb",)),
+    # Dynamic strategies: the same initial placement, plus the runtime adaptation engine
+    # (helios.sim.adaptation.CONTROLLERS) whose `adaptation` section does not change it.
+    "helios_dynamic": Strategy(helios_static, params=("ilp",)),
+    "eplb_dynamic": Strategy(eplb, params=("eplb",)),
 }
 
 

@@ -31,6 +31,9 @@ class PlacementContext:
         The strategy's own parameters.
     seed : int
         For strategies that randomise (none of the built-in ones do).
+    tokens_per_request : float, optional
+        Mean tokens per request; the ILP strategies need it (per-request compute time
+        and message sizes). None where unknown.
     """
 
     cluster: Any
@@ -40,6 +43,7 @@ class PlacementContext:
     slots_per_gpu: int
     strategy: Any
     seed: int = 0
+    tokens_per_request: float | None = None
 
     @property
     def num_gpus(self) -> int:

@@ -323,3 +323,75 @@ def balancedness(weight_row: np.ndarray, phy2log_row: np.ndarray, logcnt_row: np
     gpu_load = slot_load.reshape(num_gpus, -1).sum(axis=1)
     peak = float(gpu_load.max())
     return 1.0 if peak == 0.0 else float(gpu_load.mean()) / peak
+
+
+# --------------------------------------------------------------------------- strategy
+from helios.placement.base import Placement, PlacementContext  # noqa: E402  (strategy wrapper only)
+
+
+def check_eplb_fits(cfg: object, num_experts: int, num_gpus: int, slots_per_gpu: int) -> int:
+    """Physical slots per layer of strategy ``eplb`` (``EplbConfig`` ``cfg``), checked.
+
+    ``num_experts + num_redundant`` rounded up to a multiple of ``num_gpus``; usable
+    before any simulation (e.g. in config validation).
+
+    Raises
+    ------
+    ConfigError
+        ``strategy.eplb.num_redundant`` when the replicas do not fit the GPUs' expert
+        slots; ``strategy.eplb.num_groups`` when it does not divide the expert count.
+    """
+    E, G, slots = num_experts, num_gpus, slots_per_gpu
+    per_gpu = -(-(E + cfg.num_redundant) // G)
+    if per_gpu > slots:
+        raise ConfigError("strategy.eplb.num_redundant", cfg.num_redundant,
+                          f"at most {G * slots - E}: {G} GPUs x {slots} expert slots hold "
+                          f"{G * slots} replicas of {E} experts (num_replicas rounds up to a "
+                          f"multiple of {G})")
+    if E % cfg.num_groups:
+        raise ConfigError("strategy.eplb.num_groups", cfg.num_groups,
+                          f"a divisor of the expert count {E}")
+    return per_gpu * G
+
+
+def eplb(ctx: PlacementContext) -> Placement:
+    """Strategy ``eplb``: DeepSeek EPLB run on the expected per-expert load.
+
+    * ``num_replicas = E + strategy.eplb.num_redundant``, rounded up to a multiple of the
+      GPU count, because EPLB gives every GPU the same number of physical slots; the
+      redundant replicas actually placed are recorded as ``eplb_redundant``.
+    * EPLB's nodes are the servers (its hierarchy assumes fast links inside a node, here
+      NVLink), its GPUs the cluster's GPUs, ``num_groups = strategy.eplb.num_groups``;
+      so the hierarchical policy runs when the groups divide among the servers.
+    * Physical slot ``s`` lives on GPU ``s // (num_replicas / num_gpus)``, as in EPLB. An
+      expert's replicas are the distinct GPUs of its slots, the GPU of its lowest slot
+      first. Two replicas of one expert on one GPU would serve nothing one does not (the
+      simulator routes per GPU), so they count once and the slot stays empty
+      (``eplb_merged_replicas`` counts them).
+
+    Raises
+    ------
+    ConfigError
+        ``strategy.eplb.num_redundant`` when the replicas do not fit the GPUs' expert
+        slots; ``strategy.eplb.num_groups`` when it does not divide the expert count.
+    """
+    cfg, G, E = ctx.strategy.eplb, ctx.num_gpus, ctx.num_experts
+    num_replicas = check_eplb_fits(cfg, E, G, ctx.slots_per_gpu)
+    per_gpu = num_replicas // G
+    phy2log, _, _ = rebalance_experts(ctx.expected_load, num_replicas, cfg.num_groups,
+                                      ctx.cluster.num_servers, G)
+    replicas, merged = [], 0
+    for layer in phy2log:
+        experts: list[list[int]] = [[] for _ in range(E)]
+        for slot, expert in enumerate(layer.tolist()):
+            gpu = slot // per_gpu
+            if gpu in experts[expert]:
+                merged += 1
+            else:
+                experts[expert].append(gpu)
+        replicas.append(experts)
+    info = {"strategy": "eplb", "eplb_num_replicas": num_replicas,
+            "eplb_redundant": num_replicas - E, "eplb_merged_replicas": merged,
+            "eplb_policy": "hierarchical" if cfg.num_groups % ctx.cluster.num_servers == 0
+            else "global"}
+    return Placement(replicas, G, info)

@@ -47,9 +47,46 @@ class RoundRobinRouter(Router):
         return replicas[turn % len(replicas)]
 
 
+class CongestionAwareRouter(Router):
+    """The replica with the lowest estimated time to reach and be served, right now.
+
+    Estimate for replica ``g``: the unloaded path latency of one token from ``src``
+    (:meth:`Cluster.path_latency`), plus the queueing ahead of a chunk entering each
+    link of the dispatch route ``src -> g`` and of the combine route ``g -> src`` now
+    (the sum of :meth:`Network.backlog` over their links: an estimate, since queues
+    drain while the message is upstream and the combine leaves later), plus the GPU's
+    queued compute (:meth:`GpuQueues.backlog`). Ties go to the lowest GPU id.
+    """
+
+    def choose(self, layer: int, expert: int, src: int, replicas: Sequence[int]) -> int:
+        sim = self.sim
+        nbytes = sim.spec.dispatch_token_bytes
+        route, backlog, gpu_backlog = sim.cluster.route, sim.network.backlog, sim.gpus.backlog
+        best, best_cost = -1, float("inf")
+        for g in sorted(replicas):
+            cost = (sim.cluster.path_latency(src, g, nbytes) + gpu_backlog(g)
+                    + sum(backlog(link) for link in route(src, g))
+                    + sum(backlog(link) for link in route(g, src)))
+            if cost < best_cost:
+                best, best_cost = g, cost
+        return best
+
+
+class LeastLoadedRouter(Router):
+    """The replica whose GPU has the least queued compute; ties: nearest, then lowest id."""
+
+    def choose(self, layer: int, expert: int, src: int, replicas: Sequence[int]) -> int:
+        sim = self.sim
+        nbytes = sim.spec.dispatch_token_bytes
+        return min(replicas, key=lambda g: (sim.gpus.backlog(g),
+                                            sim.cluster.path_latency(src, g, nbytes), g))
+
+
 ROUTERS: dict[str, type[Router]] = {
     "nearest": Router,
     "round_robin": RoundRobinRouter,
+    "congestion_aware": CongestionAwareRouter,
+    "least_loaded": LeastLoadedRouter,
 }
 
 

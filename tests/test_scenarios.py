@@ -1,0 +1,176 @@
+"""Drift scenarios (helios.scenarios): popularity over time, burst rates, trace replay."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from _configs import config
+from helios.config import SCENARIOS, cell_config
+from helios.errors import ConfigError
+from helios.scenarios import REPO_ROOT, load_trace
+from helios.sweep import compose
+from helios.workload import SCENARIO_CLASSES, Workload, zipf_popularity
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from make_example_trace import make_trace  # noqa: E402
+
+NAMES = ("stationary", "gradual_drift", "sudden_shift", "bursty", "trace")
+
+
+def workload(cfg, seed=0):
+    return Workload(cfg.scenario, cfg.model.num_experts, cfg.model.top_k, 8, cfg.sim.layers,
+                    cfg.sim.duration_s, seed)
+
+
+def test_every_scenario_is_registered_and_composes():
+    assert set(NAMES) <= set(SCENARIOS) and set(NAMES) <= set(SCENARIO_CLASSES)
+    for name in NAMES:
+        cfg = cell_config(compose([f"scenario={name}"]))
+        assert cfg.scenario.name == name and isinstance(cfg.scenario, SCENARIOS[name])
+        # the drift scenarios inherit rate and request size from scenario/stationary.yaml
+        assert cfg.scenario.rate == cell_config(compose([])).scenario.rate
+
+
+@pytest.mark.parametrize("first", ["helios.config", "helios.workload", "helios.scenarios", "helios.cell"])
+def test_registration_has_no_import_cycle(first):
+    code = (f"import {first}; from helios.config import SCENARIOS; "
+            "from helios.workload import SCENARIO_CLASSES; "
+            "assert {'gradual_drift','sudden_shift','bursty','trace'} <= set(SCENARIOS) & set(SCENARIO_CLASSES)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
+
+
+def test_gradual_drift_rotates_ranks_every_period():
+    cfg = config("scenario=gradual_drift", "scenario.period_s=0.05", "scenario.shift=3")
+    scen = workload(cfg).scenario
+    E = cfg.model.num_experts
+    for k in range(7):
+        for t in (k * 0.05 + 1e-9, (k + 1) * 0.05 - 1e-9):
+            pop = scen.popularity(t)
+            assert pop.shape == (cfg.sim.layers, E)
+            np.testing.assert_allclose(pop.sum(axis=1), 1.0)
+            for layer, perm in enumerate(scen.permutations):
+                # the expert of rank r in period k is perm[(r - 3k) mod E]
+                expected = zipf_popularity(E, cfg.scenario.zipf_s, np.roll(perm, 3 * k))
+                np.testing.assert_allclose(pop[layer], expected)
+                assert np.argmax(pop[layer]) == perm[(-3 * k) % E]
+    assert not np.allclose(scen.popularity(0.0), scen.popularity(0.05))
+
+
+def test_sudden_shift_repermutes_once_and_is_seeded():
+    cfg = config("scenario=sudden_shift", "scenario.t_shift_s=0.1")
+    a, b = workload(cfg).scenario, workload(cfg, seed=7).scenario
+    before, after = a.popularity(0.0999), a.popularity(0.1)
+    np.testing.assert_array_equal(before, a.popularity(0.0))
+    np.testing.assert_array_equal(after, a.popularity(5.0))
+    assert not np.array_equal(np.argmax(before, axis=1), np.argmax(after, axis=1))
+    np.testing.assert_allclose(np.sort(before, axis=1), np.sort(after, axis=1))  # same Zipf values
+    # popularity_seed fixes both permutations whatever the cell seed; another seed moves them
+    np.testing.assert_array_equal(after, b.popularity(0.2))
+    other = workload(config("scenario=sudden_shift", "scenario.popularity_seed=5")).scenario
+    assert not np.array_equal(other.popularity(0.2), after)
+
+
+def test_sudden_shift_moves_the_drawn_experts():
+    cfg = config("scenario=sudden_shift", "scenario.t_shift_s=0.1", "scenario.zipf_s=1.5")
+    wl = workload(cfg)
+    hot_before = np.argmax(wl.scenario.popularity(0.0)[0])
+    hot_after = np.argmax(wl.scenario.popularity(0.2)[0])
+    picks = {False: np.zeros(16), True: np.zeros(16)}
+    for req in wl.requests():
+        picks[req.arrival >= 0.1] += np.bincount(req.experts[0].ravel(), minlength=16)
+    assert np.argmax(picks[False]) == hot_before and np.argmax(picks[True]) == hot_after
+
+
+def test_bursty_rate_and_arrivals():
+    cfg = config("scenario=bursty", "scenario.rate=500", "scenario.burst_rate=2000",
+                 "scenario.period_s=0.1", "scenario.duty=0.25", "sim.duration_s=20", "sim.window_s=0.1")
+    scen = workload(cfg).scenario
+    assert scen.max_rate == 2000
+    assert scen.rate(0.0) == 500 and scen.rate(0.074) == 500
+    assert scen.rate(0.076) == 2000 and scen.rate(0.099) == 2000 and scen.rate(0.101) == 500
+    times = np.fromiter(workload(cfg, seed=3).arrival_times(), dtype=float)
+    in_burst = (times % 0.1) >= 0.075
+    # expected: 20 s x (0.75 x 500 + 0.25 x 2000) = 7500 base + 10000 burst arrivals
+    assert in_burst.sum() == pytest.approx(10_000, rel=0.05)
+    assert (~in_burst).sum() == pytest.approx(7_500, rel=0.05)
+
+
+# --------------------------------------------------------------------------- trace
+def write_trace(tmp_path: Path, frame: pd.DataFrame, name="trace.csv") -> str:
+    path = tmp_path / name
+    if name.endswith(".csv"):
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False)
+    return str(path)
+
+
+def tiny_trace(windows=3, layers=2, experts=16, seed=1) -> pd.DataFrame:
+    return make_trace(windows, layers, experts, pairs=5000, zipf_s=1.0, drift=0.5, seed=seed)
+
+
+def test_trace_replays_normalised_loads_csv_and_parquet(tmp_path):
+    frame = tiny_trace()
+    for name in ("t.csv", "t.parquet"):
+        path = write_trace(tmp_path, frame, name)
+        cfg = config("scenario=trace", f"scenario.trace_path={path}", "scenario.trace_window_s=0.02")
+        scen = workload(cfg).scenario
+        for w in range(3):
+            rows = frame[frame.window == w]
+            for layer in range(2):
+                load = rows[rows.layer == layer].sort_values("expert").load.to_numpy(float)
+                np.testing.assert_allclose(scen.popularity(w * 0.02 + 0.001)[layer], load / load.sum())
+        np.testing.assert_array_equal(scen.popularity(0.061), scen.popularity(0.001))  # loops
+
+
+def test_trace_can_hold_its_last_window(tmp_path):
+    path = write_trace(tmp_path, tiny_trace())
+    cfg = config("scenario=trace", f"scenario.trace_path={path}", "scenario.trace_window_s=0.02",
+                 "scenario.loop=false")
+    scen = workload(cfg).scenario
+    np.testing.assert_array_equal(scen.popularity(10.0), scen.popularity(0.05))
+
+
+def test_example_trace_is_valid_and_reproducible():
+    cfg = cell_config(compose(["scenario=trace"]))  # default model: 256 experts
+    loads = load_trace(cfg.scenario.trace_path)
+    assert loads.shape[1:] == (4, cfg.model.num_experts)
+    shipped = pd.read_csv(REPO_ROOT / "conf" / "traces" / "example_trace.csv")
+    pd.testing.assert_frame_equal(shipped, make_trace(12, 4, 256, 122_880, 1.0, 0.3, 0))
+
+
+def _bad(tmp_path, frame, name="bad.csv", *extra):
+    path = write_trace(tmp_path, frame, name) if frame is not None else str(tmp_path / name)
+    with pytest.raises(ConfigError) as info:
+        config("scenario=trace", f"scenario.trace_path={path}", *extra)
+    assert info.value.key == "scenario.trace_path" and info.value.value == path
+    return info.value.allowed
+
+
+def test_malformed_traces_fail_at_config_time(tmp_path):
+    good = tiny_trace()
+    assert "existing" in _bad(tmp_path, None, "missing.csv")
+    assert "missing load" in _bad(tmp_path, good.drop(columns="load"))
+    neg = good.copy()
+    neg.loc[3, "load"] = -1
+    assert "load" in _bad(tmp_path, neg)
+    frac = good.astype({"expert": float})
+    frac.loc[0, "expert"] = 0.5
+    assert "'expert'" in _bad(tmp_path, frac)
+    assert "window 1 is missing" in _bad(tmp_path, good[good.window != 1])
+    assert "repeat" in _bad(tmp_path, pd.concat([good, good.iloc[:1]]))
+    assert "at least model.top_k" in _bad(tmp_path, good.assign(load=np.where(good.expert == 0, 5, 0)))
+    assert "model.num_experts" in _bad(tmp_path, tiny_trace(experts=20))
+    assert "sim.layers" in _bad(tmp_path, tiny_trace(layers=1))
+    (tmp_path / "t.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"scenario.trace_path=.*\.csv, \.parquet or \.pq"):
+        config("scenario=trace", f"scenario.trace_path={tmp_path / 't.json'}")
+    (tmp_path / "garbage.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ConfigError, match="readable"):
+        config("scenario=trace", f"scenario.trace_path={tmp_path / 'garbage.parquet'}")
