@@ -41,6 +41,25 @@ BAD_INPUTS = [
     (["scenario.token_distribution=zipf"], "scenario.token_distribution=zipf"),
     (["sim.layers=100"], "sim.layers=100"),
     (["record.requests=maybe"], "record.requests=maybe"),
+    # appended with the fault-injection suite (tests/test_faults.py has bad trace files and
+    # unwritable results folders)
+    (["gpu.efficiency=1.5"], "gpu.efficiency=1.5"),
+    (["ray.num_workers=0"], "ray.num_workers=0"),
+    (["ray.address=5"], "ray.address=5"),
+    (["scenario=tsunami"], "scenario=tsunami"),
+    (["seed=1.5"], "seed=1.5"),
+    (["seed="], "seed="),
+    (["model.num_experts=[1,2]"], "model.num_experts=[1, 2]"),
+    (["scenario=trace", "scenario.trace_path=README.md"], "scenario.trace_path=README.md"),
+    (["scenario=trace", "scenario.trace_path=no/such/trace.csv"],
+     "scenario.trace_path=no/such/trace.csv"),
+    (["--multirun", "seed=range(0)"], "seed=range(0)"),
+    (["--multirun", "model=tiny", "strategy=glob(zzz*)"], "strategy=glob(zzz*)"),
+    (["--multirun", "+sweep=nope"], "sweep=nope"),
+    (["--multirun", "model=tiny", "strategy=round_robin,nope"], "strategy=nope"),
+    # experts that do not fit in one cell of a sweep: refused before any cell runs
+    (["--multirun", "+sweep=smoke", "strategy=round_robin",
+      "gpu.expert_memory_fraction=0.5,0.000001"], "gpu.expert_memory_fraction=1e-06"),
 ]
 
 

@@ -178,6 +178,11 @@ def test_two_sweeps_into_one_folder_at_once_run_each_cell_once(ray_local, tmp_pa
     for (_, out, _), mine in zip(results, ran):
         total, run, skipped = counts(out)
         assert total == len(expected) and run == len(mine) and skipped == total - run
+    # The sweeps overlapped: cells one planned to run were finished by the other meanwhile
+    # (so the claims, not the start-up check of done cells, kept them apart).
+    meanwhile = [re.search(r"(\d+) of the skipped cells were finished meanwhile", out)
+                 for _, out, _ in results]
+    assert sum(int(m[1]) for m in meanwhile if m) >= 1, [out for _, out, _ in results]
     assert_sound(tmp_path / "smoke", expected)
 
 

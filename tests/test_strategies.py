@@ -127,8 +127,10 @@ DEFAULT_CELL = ("scenario=stationary", "topology=fat_tree", "model=deepseek_v3",
 
 def test_helios_static_beats_round_robin_on_a_short_default_cell(tmp_path):
     """Fast variant of the acceptance test: the default cell, shortened, 2 seeds."""
-    over = (*DEFAULT_CELL, "sim.duration_s=0.15", "sim.warmup_s=0.05")
-    static = mean_p99("helios_static", range(2), *over, "strategy.ilp.time_limit_s=1",
+    over = (*DEFAULT_CELL, "sim.duration_s=0.12", "sim.warmup_s=0.04")
+    # mip_gap=0.5 accepts the start without running the solver (it takes ~10 s at this size
+    # and never proves the start, so the default settings place the same start).
+    static = mean_p99("helios_static", range(2), *over, "strategy.ilp.mip_gap=0.5",
                       tmp_path=tmp_path, base=())
     rr = mean_p99("round_robin", range(2), *over, tmp_path=tmp_path, base=())
     assert static < 0.9 * rr
@@ -137,7 +139,7 @@ def test_helios_static_beats_round_robin_on_a_short_default_cell(tmp_path):
 @pytest.mark.slow
 def test_helios_static_beats_round_robin_on_the_default_scenario(tmp_path):
     """The acceptance criterion: default skewed stationary fat-tree cell, 5 seeds."""
-    over = (*DEFAULT_CELL, "sim.duration_s=0.35", "sim.warmup_s=0.1")
+    over = (*DEFAULT_CELL, "sim.duration_s=0.35", "sim.warmup_s=0.05")
     static = mean_p99("helios_static", range(5), *over, tmp_path=tmp_path, base=())
     rr = mean_p99("round_robin", range(5), *over, tmp_path=tmp_path, base=())
     assert static < rr
