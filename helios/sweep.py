@@ -94,6 +94,9 @@ def _override_error(override: str, exc: Exception) -> ConfigError:
         return ConfigError("sweep", value,
                            "a named sweep, one of " + ", ".join(group_options(group)))
     if "not in struct" in str(exc) or "Could not override" in str(exc):
+        if key.split(".")[:2] in (["strategy", s] for s in ("ilp", "eplb", "adaptation")):
+            # A valid key that this strategy's YAML does not set (its dataclass default applies).
+            return ConfigError(key, value, f"not set by this strategy's file; add it with ++{key}={value}")
         return ConfigError(key, value, "unknown key (see conf/config.yaml and conf/<group>/)")
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return ConfigError(key, value, first)
