@@ -409,6 +409,22 @@ def check_consistency(cfg: CellConfig) -> None:
             "gpu.expert_memory_fraction", cfg.gpu.expert_memory_fraction,
             f"too small: {num_gpus} GPUs x {slots} expert slots per layer cannot hold "
             f"{model.num_experts} experts of {model.name}; give experts more memory or GPUs")
+    _check_strategy_needs(cfg, num_gpus, slots)
+
+
+def _check_strategy_needs(cfg: CellConfig, num_gpus: int, slots: int) -> None:
+    """Strategy checks that would otherwise fail only inside the simulation."""
+    import importlib.util
+
+    from helios.placement import STRATEGIES
+    from helios.placement.eplb import check_eplb_fits
+
+    params = STRATEGIES[cfg.strategy.name].params
+    if "eplb" in params:
+        check_eplb_fits(cfg.strategy.eplb, cfg.model.num_experts, num_gpus, slots)
+    if "ilp" in params and cfg.strategy.ilp.solver == "highs" \
+            and importlib.util.find_spec("highspy") is None:
+        raise ConfigError("strategy.ilp.solver", "highs", "cbc (highspy is not installed)")
 
 
 def topology_num_gpus(topo: TopologyConfig) -> int:

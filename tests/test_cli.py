@@ -41,6 +41,7 @@ BAD_INPUTS = [
     (["scenario.token_distribution=zipf"], "scenario.token_distribution=zipf"),
     (["sim.layers=100"], "sim.layers=100"),
     (["record.requests=maybe"], "record.requests=maybe"),
+    (["strategy=eplb", "strategy.eplb.num_redundant=100000"], "strategy.eplb.num_redundant=100000"),
     # appended with the fault-injection suite (tests/test_faults.py has bad trace files and
     # unwritable results folders)
     (["gpu.efficiency=1.5"], "gpu.efficiency=1.5"),
