@@ -38,8 +38,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+try:
+    import duckdb
+except ImportError:  # an optional test dependency
+    duckdb = None
+
 from helios.cell import cell_id
-from helios.results import load, part_files, part_path
+from helios.results import load, part_files
 from helios.storage import claim, claim_path, remove_stale_temporaries
 from helios.sweep import main, preflight
 
@@ -121,6 +126,9 @@ def test_driver_sigkill_then_the_same_command_runs_only_the_missing_cells(ray_lo
                fake_temporary(sweep_dir, "events", done, half)]
     assert len(load(sweep_dir)) == len(survivors)
     assert pq.read_table(sweep_dir / "cells").num_rows == len(survivors)  # pyarrow dataset
+    if duckdb is not None:  # its *.parquet glob matches hidden names, not the .tmp suffix
+        assert duckdb.sql(f"select count(*) from read_parquet('{sweep_dir}/cells/*.parquet')"
+                          ).fetchone()[0] == len(survivors)
 
     code, out, err = finish(cli(args, address))
     assert code == 0, err[-3000:]
