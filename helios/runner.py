@@ -20,7 +20,8 @@ How a sweep runs
   cell, the driver takes the cell's claim (:mod:`helios.storage`, a ``flock``) and
   looks again whether the cell is done. A cell another sweep is running is deferred
   and tried again later, and skipped once the other sweep has written it; so no cell
-  is run or written twice. Temporary files of killed writers are removed.
+  is run or written twice. Temporary files of killed writers are removed when a
+  sweep starts and when it ends.
 - A cell that raises is recorded in the ``failures`` table, and the sweep goes on.
   A cell whose worker process dies (OOM kill, SIGKILL, lost node) is run again on a
   fresh actor, up to ``max_retries`` times; only the cell that was running is
@@ -303,7 +304,9 @@ def run_sweep(cells: Sequence[CellConfig], *, labels: Sequence[str] | None = Non
     report = SweepReport(total=len(todo) + len(skipped), skipped=[c.cell_id for c in skipped],
                          duplicates=dupes,
                          sweep_dirs=sorted({str(c.sweep_dir) for c in [*todo, *skipped]}))
-    for sweep_dir in report.sweep_dirs:  # left by a killed run (this one or another sweep)
+    # Temporary parts of killed writers: those of an earlier run now, those of a sweep
+    # into the same folder that dies while this one runs at the end (one scan each).
+    for sweep_dir in report.sweep_dirs:
         remove_stale_temporaries(sweep_dir)
     if todo:
         with ray_session(address) as mode:
@@ -311,6 +314,8 @@ def run_sweep(cells: Sequence[CellConfig], *, labels: Sequence[str] | None = Non
             report.workers = workers
             report.ray = f"{mode} Ray at {ray.get_runtime_context().gcs_address}"
             _Pool(todo, workers, max_retries, report, progress, print_summary, on_result).run()
+        for sweep_dir in report.sweep_dirs:
+            remove_stale_temporaries(sweep_dir)
     report.wall_s = time.perf_counter() - t0
     if print_summary:
         print("\n".join(report.lines()), flush=True)
@@ -403,7 +408,7 @@ class _Pool:
     def _next_cell(self) -> Cell | None:
         """The next pending cell, claimed by this driver and not done; None if there is none."""
         from helios.results import part_path
-        from helios.storage import claim, holder, remove_stale_temporaries
+        from helios.storage import claim, holder
 
         while self.pending:
             cell = self.pending.popleft()
@@ -424,7 +429,6 @@ class _Pool:
                 self.report.by_other_sweep.append(cell.cell_id)
                 self.bar.update(1)
                 continue
-            remove_stale_temporaries(cell.sweep_dir, [cell.cell_id], held=True)
             cell.claim = lock
             return cell
         return None

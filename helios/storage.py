@@ -224,9 +224,10 @@ def check_output_dirs(cells: Iterable[object]) -> None:
     from helios.errors import ConfigError
 
     seen: set[Path] = set()
-    for cfg in cells:
-        root = Path(cfg.output_dir)  # type: ignore[attr-defined]
-        sweep_dir = root / cfg.sweep  # type: ignore[attr-defined]
+    places = {(cfg.output_dir, cfg.sweep) for cfg in cells}  # type: ignore[attr-defined]
+    for output_dir, sweep in sorted(places):
+        root = Path(output_dir)
+        sweep_dir = root / sweep
         folders = [sweep_dir, root / "placement_cache"]
         if sweep_dir.is_dir():
             folders += sorted(p for p in sweep_dir.iterdir() if p.is_dir())
@@ -238,6 +239,6 @@ def check_output_dirs(cells: Iterable[object]) -> None:
                 check_writable(folder)
             except OSError as exc:
                 where = exc.filename or folder
-                raise ConfigError("output_dir", cfg.output_dir,  # type: ignore[attr-defined]
+                raise ConfigError("output_dir", output_dir,
                                   f"a folder this process can write to ({where}: "
                                   f"{exc.strerror or exc})") from None

@@ -54,9 +54,15 @@ FAST = ["--multirun", "+sweep=smoke", "strategy=round_robin,greedy"]
 SUMMARY = re.compile(r"helios: (\d+) cells: (\d+) run, (\d+) skipped")
 
 
-def cli(args: list[str], ray_address: str, **kwargs) -> subprocess.Popen:
-    """Start ``python -m helios.sweep args`` joined to the Ray at ``ray_address``."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ray_address}
+def cli(args: list[str], ray_address: str | None, **kwargs) -> subprocess.Popen:
+    """Start ``python -m helios.sweep args`` joined to the Ray at ``ray_address``.
+
+    With ``ray_address`` None the command starts its own embedded Ray.
+    """
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    if ray_address is not None:
+        env["RAY_ADDRESS"] = ray_address
     return subprocess.Popen([sys.executable, "-m", "helios.sweep", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
@@ -100,11 +106,18 @@ def assert_sound(sweep_dir: Path, expected: set[str]) -> None:
 
 
 # ----------------------------------------------------------------------------- driver
-def test_driver_sigkill_then_the_same_command_runs_only_the_missing_cells(ray_local, tmp_path):
+@pytest.mark.parametrize("ray_mode", [
+    "cluster",  # joins a running Ray, as on a shared cluster
+    pytest.param("embedded", marks=pytest.mark.slow),  # its own Ray, killed with the driver
+])
+def test_driver_sigkill_then_the_same_command_runs_only_the_missing_cells(
+        ray_mode, request, tmp_path):
     args = [*FAST, "seed=0,1", f"output_dir={tmp_path}"]
     expected = {cell_id(c) for c in preflight(args)}
     sweep_dir = tmp_path / "smoke"
-    address = ray_local.get_runtime_context().gcs_address
+    address = None
+    if ray_mode == "cluster":
+        address = request.getfixturevalue("ray_local").get_runtime_context().gcs_address
 
     proc = cli(args, address)
     deadline = time.monotonic() + 180
@@ -128,7 +141,7 @@ def test_driver_sigkill_then_the_same_command_runs_only_the_missing_cells(ray_lo
     assert pq.read_table(sweep_dir / "cells").num_rows == len(survivors)  # pyarrow dataset
     if duckdb is not None:  # its *.parquet glob matches hidden names, not the .tmp suffix
         assert duckdb.sql(f"select count(*) from read_parquet('{sweep_dir}/cells/*.parquet')"
-                          ).fetchone()[0] == len(survivors)
+                          ).fetchall()[0][0] == len(survivors)
 
     code, out, err = finish(cli(args, address))
     assert code == 0, err[-3000:]
@@ -375,14 +388,15 @@ def test_the_sweep_cache_actor_solves_again_over_bad_cache_files(ray_local, tmp_
 def test_a_lost_node_mid_sweep_leaves_the_sweep_complete_on_the_other(ray_cluster, tmp_path):
     from helios.runner import run_sweep
 
-    cells = preflight([*FAST, "seed=0,1", f"output_dir={tmp_path}"])
+    cells = preflight([*FAST, "seed=range(3)", f"output_dir={tmp_path}"])
     other = [n for n in ray_cluster.list_all_nodes() if n is not ray_cluster.head_node]
     assert len(other) == 1
     lost: list[int] = []
 
     def lose_node(_cell, _status, busy_pids):
-        if not lost and busy_pids:  # cells are running or queued on both nodes
-            ray_cluster.remove_node(other[0], allow_graceful=False)
+        # Both workers hold cells; one CPU per node, so one of them runs on the second node.
+        if not lost and len(busy_pids) == 2:
+            ray_cluster.remove_node(other[0], allow_graceful=False)  # a crash, not a drain
             lost.append(len(busy_pids))
 
     report = run_sweep(cells, progress=False, print_summary=False, on_result=lose_node)
