@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from helios.errors import ConfigError
-from helios.stats import describe, holm, mean_ci, paired_change, paired_test, seeded_rng  # noqa: F401
+from helios.stats import describe, holm, paired_change, paired_test, seeded_rng
 
 DEFAULT_METRICS = ("p99_ms", "p50_ms", "goodput_tok_s", "max_link_util", "gpu_load_imbalance",
                    "replication_bytes")

@@ -10,7 +10,6 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import stats
 
 BOOTSTRAP_RESAMPLES = 9999
 

@@ -102,6 +102,19 @@ def _override_error(override: str, exc: Exception) -> ConfigError:
     return ConfigError(key, value, first)
 
 
+def check_override_syntax(overrides: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` for the first override Hydra's grammar rejects."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_override(override)
+        except Exception as exc:  # Hydra raises OverrideParseException
+            raise ConfigError(override.partition("=")[0], override.partition("=")[2],
+                              "a valid override key=value") from exc
+
+
 def compose(overrides: Sequence[str]) -> dict[str, Any]:
     """Compose ``conf/`` with ``overrides`` into a plain dict (no ``hydra`` section).
 
@@ -113,18 +126,11 @@ def compose(overrides: Sequence[str]) -> dict[str, Any]:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     register_sweeps()
     cell_overrides = [o for o in rewrite_sweep_overrides(overrides)
                       if not o.lstrip("+~").startswith("hydra")]
-    parser = OverridesParser.create()
-    for override in cell_overrides:
-        try:
-            parser.parse_override(override)
-        except Exception as exc:  # Hydra raises OverrideParseException
-            raise ConfigError(override.partition("=")[0], override.partition("=")[2],
-                              "a valid override key=value") from exc
+    check_override_syntax(cell_overrides)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         try:
@@ -231,13 +237,7 @@ def _compose_sweep(overrides: list[str]) -> list[CellConfig]:
 
     hydra_overrides = [o for o in overrides if is_hydra_override(o)]
     task = [o for o in overrides if not is_hydra_override(o)]
-    parser = OverridesParser.create()
-    for override in task:
-        try:
-            parser.parse_override(override)
-        except Exception as exc:  # Hydra raises OverrideParseException
-            raise ConfigError(override.partition("=")[0], override.partition("=")[2],
-                              "a valid override key=value") from exc
+    check_override_syntax(task)
 
     def load(job: list[str]) -> DictConfig:
         try:
@@ -246,6 +246,7 @@ def _compose_sweep(overrides: list[str]) -> list[CellConfig]:
         except Exception as exc:
             raise _first_bad_override(job, exc) from exc
 
+    parser = OverridesParser.create()
     fixed = [o for o in task if not parser.parse_override(o).is_sweep_override()]
     params_node = load(fixed).hydra.sweeper.get("params")
     params = {} if params_node is None else OmegaConf.to_container(params_node)
