@@ -127,14 +127,14 @@ def p99_bars(summary: pd.DataFrame, group_by: tuple[str, ...], path: Path | str,
     return save_png(fig, path)
 
 
-def _measured_requests(requests: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
-    """Requests that arrived in each cell's measured interval [warm-up, duration)."""
+def _in_measured_interval(rows: pd.DataFrame, cells: pd.DataFrame, time_column: str) -> pd.DataFrame:
+    """Rows whose ``time_column`` lies in their cell's measured interval [warm-up, duration)."""
     cols = [c for c in ("cell_id", "cfg.sim.warmup_s", "cfg.sim.duration_s") if c in cells.columns]
-    merged = requests.merge(cells[cols], on="cell_id", how="inner")
+    merged = rows.merge(cells[cols], on="cell_id", how="inner")
     if "cfg.sim.warmup_s" in merged:
-        merged = merged[merged["arrival_s"] >= merged["cfg.sim.warmup_s"]]
+        merged = merged[merged[time_column] >= merged["cfg.sim.warmup_s"]]
     if "cfg.sim.duration_s" in merged:
-        merged = merged[merged["arrival_s"] < merged["cfg.sim.duration_s"]]
+        merged = merged[merged[time_column] < merged["cfg.sim.duration_s"]]
     return merged
 
 
@@ -144,7 +144,7 @@ def latency_cdf(cells: pd.DataFrame, requests: pd.DataFrame | None, group_by: tu
     colour = colours(cells["strategy"].unique().tolist())
     use_requests = requests is not None and not requests.empty and "latency_ms" in requests.columns
     if use_requests:
-        requests = _measured_requests(requests, cells)
+        requests = _in_measured_interval(requests, cells, "arrival_s")
     groups = list(_groups(cells, group_by))
     fig, axes = _grid(len(groups))
     for ax, (key, sub) in zip(axes, groups):
@@ -256,12 +256,7 @@ def link_util_distribution(cells: pd.DataFrame, ts: pd.DataFrame | None, group_b
     """Box plot per strategy of max link utilisation (per window after warm-up, else per cell)."""
     per_window = ts is not None and not ts.empty and {"max_link_util", "window_start_s"} <= set(ts.columns)
     if per_window:
-        cols = [c for c in ("cell_id", "cfg.sim.warmup_s", "cfg.sim.duration_s") if c in cells.columns]
-        ts = ts.merge(cells[cols], on="cell_id", how="inner")
-        if "cfg.sim.warmup_s" in ts:
-            ts = ts[ts["window_start_s"] >= ts["cfg.sim.warmup_s"]]
-        if "cfg.sim.duration_s" in ts:
-            ts = ts[ts["window_start_s"] < ts["cfg.sim.duration_s"]]
+        ts = _in_measured_interval(ts, cells, "window_start_s")
     colour = colours(cells["strategy"].unique().tolist())
     groups = list(_groups(cells, group_by))
     fig, axes = _grid(len(groups))
