@@ -34,14 +34,10 @@ How a sweep runs
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
-import socket
 import sys
 import time
-import traceback
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,17 +46,8 @@ import ray
 
 from helios.config import CellConfig, to_dict
 from helios.placement.cache import cache_root
-from helios.placement.ray_cache import RayPlacementCache, start_cache_actor
-
-# Workers import this module to unpickle SimulationWorker: the driver-only modules
-# (pandas, pyarrow, tqdm via helios.results) are imported where they are used.
-
-#: Environment of the embedded, loopback-only Ray (see DESIGN.md, "Known traps").
-EMBEDDED_ENV = {
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_USAGE_STATS_ENABLED": "0",
-}
+from helios.placement.ray_cache import start_cache_actor
+from helios.worker import SimulationWorker, ray_session
 
 #: Cells queued on one actor at a time: one running, one ready to start.
 PIPELINE_DEPTH = 2
@@ -70,103 +57,6 @@ DEFER_POLL_S = 0.5
 
 #: Columns of the ``cells`` table that depend on timing, caching order or the machine.
 VOLATILE_COLUMNS = ("sim_s", "placement_s", "placement_cache", "host", "git_sha")
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, e.g. under taskset or a cgroup cpuset)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-@contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[str]:
-    """Make sure Ray is up for the duration of the block; yields how it was reached.
-
-    - Ray already initialised in this process: use it (``"existing"``).
-    - ``address`` or ``RAY_ADDRESS`` set: join that cluster (``"cluster"``). Its token
-      authentication, if on, needs ``RAY_AUTH_MODE=token`` and the cluster's token
-      (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``) here too.
-    - Otherwise start a local Ray bound to 127.0.0.1, with no dashboard, sized to
-      ``num_cpus`` or the CPUs this process may use (``"embedded"``); token auth is off by
-      default for it since nothing outside this machine can reach it.
-
-    Ray is shut down at the end of the block only if this call started it.
-    """
-    if ray.is_initialized():
-        yield "existing"
-        return
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    quiet = dict(logging_level=logging.WARNING, log_to_driver=False)
-    if address:
-        ray.init(address=address, **quiet)
-        mode = "cluster"
-    else:
-        for key, value in EMBEDDED_ENV.items():
-            os.environ.setdefault(key, value)
-        os.environ.pop("RAY_ADDRESS", None)  # an empty RAY_ADDRESS would confuse ray.init
-        # Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported; without this the
-        # driver would pick the machine's address and Ray would listen on every interface.
-        from ray._private import ray_constants
-
-        cluster_before = ray_constants.ENABLE_RAY_CLUSTER
-        ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] != "0"
-        ray.init(address="local", include_dashboard=False, num_cpus=num_cpus or usable_cpus(),
-                 _node_ip_address="127.0.0.1", **quiet)
-        mode = "embedded"
-    try:
-        yield mode
-    finally:
-        ray.shutdown()
-        if mode == "embedded":
-            ray_constants.ENABLE_RAY_CLUSTER = cluster_before
-
-
-@ray.remote(num_cpus=1, max_restarts=0)
-class SimulationWorker:
-    """A process that runs cells one at a time, reusing what ``run_cell`` memoises."""
-
-    def __init__(self, caches: dict[str, Any]) -> None:
-        self.caches = caches  # placement cache actor of each results root
-        # Import the simulator now, so that "ready" means ready to run a cell at full speed.
-        import helios.cell  # noqa: F401
-        import helios.results  # noqa: F401
-
-        self.actor_id = ray.get_runtime_context().get_actor_id()
-
-    def info(self) -> dict[str, Any]:
-        """Process id and host of this worker (the runner waits for it before sending cells)."""
-        return {"pid": os.getpid(), "host": socket.gethostname(), "actor_id": self.actor_id}
-
-    def run(self, cfg: CellConfig, root: str) -> dict[str, Any]:
-        """Run one cell; an exception becomes a failure record instead of a task error."""
-        from helios.cell import run_cell
-        from helios.faults import inject_faults
-
-        t0 = time.perf_counter()
-        try:
-            inject_faults(cfg)  # test-only faults (helios.faults); none by default
-            client = RayPlacementCache(self.caches[root], owner=self.actor_id)
-            result = run_cell(cfg, cache=client)
-            run_s = time.perf_counter() - t0
-            parts = encode_parts(result.cell_id, result.tables, result.config)
-            encode_s = time.perf_counter() - t0 - run_s
-        except Exception as exc:  # noqa: BLE001 - every cell error is data for the failures table
-            return {"ok": False, "error_type": type(exc).__name__, "message": str(exc),
-                    "traceback": traceback.format_exc(), "host": socket.gethostname(),
-                    "run_s": time.perf_counter() - t0}
-        return {"ok": True, "cell_id": result.cell_id, "parts": parts,
-                "summary": result.summary, "run_s": run_s, "encode_s": encode_s}
-
-
-def encode_parts(cell_id: str, tables: dict[str, list[dict[str, Any]]],
-                 config: dict[str, Any]) -> list[tuple[str, bytes]]:
-    """Parquet bytes of each non-empty table of a cell, ``cells`` last (the write order)."""
-    from helios.results import encode_part
-
-    order = sorted((t for t in tables if tables[t]), key=lambda t: t == "cells")
-    return [(table, encode_part(tables[table], config)) for table in order]
 
 
 def write_parts(sweep_dir: Path, cell_id: str, parts: Sequence[tuple[str, bytes]]) -> None:

@@ -101,7 +101,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-cli", action="store_true", help="skip the command-line comparison")
     args = parser.parse_args(argv)
 
-    from helios.runner import ray_session
+    from helios.worker import ray_session
 
     capacity = parallel_capacity()
     rows: list[tuple[str, str]] = [("parallel capacity of 2 processes here",
