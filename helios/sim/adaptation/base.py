@@ -1,0 +1,244 @@
+"""Monitoring, memory accounting, transfers and evictions shared by the dynamic strategies.
+
+**Monitoring** (every window, :meth:`AdaptationEngine.observe`): the token-expert
+pairs each (layer, expert) received in the window (``sim.window_expert_pairs``, read
+and reset), as pairs/s; each GPU's busy fraction and each link's utilisation in the
+window (the meters' busy time / window). All three are smoothed by an EWMA of weight
+``ewma_alpha`` on the newest window. The engine acts only while requests arrive
+(``t <= sim.duration_s``): during the drain nothing is left to adapt to.
+
+**Memory and transfers.** A GPU has ``spec.slots_per_gpu`` expert slots per layer. A
+slot is *held* by a serving replica or by an incoming transfer (reserved when the
+transfer starts), so held <= slots at every instant. An expert never gains a replica
+while it has ``max(max_replicas_per_expert, its initial replica count)`` serving or
+incoming. A new replica copies ``spec.expert_bytes`` from a serving replica of the
+expert (helios_dynamic: the cheapest path to the target under the current link
+utilisation; eplb_dynamic: the lowest unloaded path latency) with ``sim.network.send``: the bytes share the FIFO link queues with
+token traffic, by default one network chunk at a time (``paced_transfers``, see
+:meth:`AdaptationEngine._send_paced`). The replica is added to the serving set
+(``sim.set_replicas``) only when the last byte has arrived. An eviction takes the replica out of the serving
+set at once and frees its slot at once; messages dispatched to it before the eviction
+still compute there (its weights are taken to live until its queued batches ran).
+The last replica of an expert is never evicted, nor any replica of an expert with a
+transfer in flight (the transfer reads from one of them).
+
+**Records.** ``sim.adaptation_events`` gets one dict per action (``time_s, action,
+layer, expert, from_gpu, to_gpu, bytes``; actions ``transfer_start``,
+``replica_ready``, ``evict_cold``, ``evict_for_memory``, ``evict_rebalance``);
+``replicas_added`` counts ready replicas, ``replication_bytes`` bytes put on the
+network. The ``replication_bytes_in_flight`` of window ``w``'s time-series sample is
+the *peak* of bytes in flight during the window (a snapshot at its start would miss
+transfers shorter than a window).
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: Utilisations are capped here in the M/M/1-style inflation 1 / (1 - rho).
+RHO_MAX = 0.95
+
+_ROUTE_TABLES: "weakref.WeakKeyDictionary[Any, np.ndarray]" = weakref.WeakKeyDictionary()
+
+
+def route_table(cluster: Any) -> np.ndarray:
+    """Link ids of every GPU pair's route, shape (G, G, max hops), padded with ``num_links``."""
+    table = _ROUTE_TABLES.get(cluster)
+    if table is None:
+        gpus, pad = cluster.num_gpus, cluster.num_links
+        routes = [cluster.route(s, d) for s in range(gpus) for d in range(gpus)]
+        table = np.full((gpus * gpus, max(1, max(map(len, routes)))), pad, dtype=np.int64)
+        for i, route in enumerate(routes):
+            table[i, :len(route)] = route
+        table = table.reshape(gpus, gpus, -1)
+        _ROUTE_TABLES[cluster] = table
+    return table
+
+
+@dataclass
+class Transfer:
+    """One replica's weights on their way from ``src`` to ``dst``."""
+
+    layer: int
+    expert: int
+    src: int
+    dst: int
+    nbytes: float
+    start_s: float
+
+
+class AdaptationEngine:
+    """Monitoring, memory accounting, transfers and evictions shared by the dynamic strategies.
+
+    Parameters
+    ----------
+    sim : helios.sim.engine.Simulation
+    cfg : helios.config.CellConfig
+        Reads ``strategy.adaptation``, ``sim.window_s`` and ``scenario.tokens_per_request``.
+    """
+
+    def __init__(self, sim: Any, cfg: Any) -> None:
+        self.sim, self.cell_cfg, self.cfg = sim, cfg, cfg.strategy.adaptation
+        self.window = cfg.sim.window_s
+        self.slots = sim.spec.slots_per_gpu
+        layers, experts, gpus = sim.layers, sim.spec.num_experts, sim.num_gpus
+        self.held = np.zeros((layers, gpus), dtype=int)
+        for layer, row in enumerate(sim.replicas):
+            for replicas in row:
+                self.held[layer, replicas] += 1
+        self.initial_counts = np.array([[len(r) for r in row] for row in sim.replicas])
+        self.ewma: np.ndarray | None = None
+        self.gpu_util = np.zeros(gpus)
+        self.link_util = np.zeros(sim.cluster.num_links)
+        self.cold = np.zeros((layers, experts), dtype=int)
+        self.pending: dict[tuple[int, int], list[Transfer]] = {}
+        self.transfers_in_flight = 0
+        self._peak_in_flight = 0.0
+        self.routes = route_table(sim.cluster)
+        self.share = np.asarray(sim.workload.source_distribution(), dtype=float)
+        self._traffic_share: np.ndarray | None = None
+        sim.adaptation_engine = self  # lets tests and probes inspect the engine
+
+    # ------------------------------------------------------------------ process
+    def run(self):
+        """The SimPy process: observe and act at every window boundary."""
+        env = self.sim.env
+        while True:
+            yield env.timeout(self.window)
+            w = int(round(env.now / self.window)) - 1
+            self._close_window(w)
+            self.observe(w)
+            if env.now <= self.sim.end:
+                self.act()
+
+    def _close_window(self, w: int) -> None:
+        samples = self.sim.window_samples
+        if w < len(samples):
+            samples[w]["replication_bytes_in_flight"] = self._peak_in_flight
+        self._peak_in_flight = self.sim.replication_bytes_in_flight
+
+    def observe(self, w: int) -> None:
+        """Fold window ``w`` into the EWMAs of expert load, GPU and link utilisation."""
+        sim, a = self.sim, self.cfg.ewma_alpha
+        rate = sim.window_expert_pairs / self.window
+        sim.window_expert_pairs[...] = 0.0
+        gpu = np.asarray(sim.gpu_meter.busy_windows[w]) / self.window
+        link = np.asarray(sim.link_meter.busy_windows[w]) / self.window
+        if self.ewma is None:
+            self.ewma, self.gpu_util, self.link_util = rate, gpu, link
+        else:
+            self.ewma = a * rate + (1 - a) * self.ewma
+            self.gpu_util = a * gpu + (1 - a) * self.gpu_util
+            self.link_util = a * link + (1 - a) * self.link_util
+
+    def act(self) -> None:
+        """Adaptation decisions of one window (subclasses)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ state
+    def count(self, layer: int, expert: int) -> int:
+        """Replicas of (layer, expert) serving or incoming."""
+        return len(self.sim.replicas[layer][expert]) + len(self.pending.get((layer, expert), ()))
+
+    def holders(self, layer: int, expert: int) -> set[int]:
+        """GPUs that serve (layer, expert) or receive a copy of it."""
+        return set(self.sim.replicas[layer][expert]) | {
+            t.dst for t in self.pending.get((layer, expert), ())}
+
+    def free_slots(self, layer: int) -> np.ndarray:
+        """Free expert slots per GPU in ``layer`` (incoming transfers hold theirs)."""
+        return self.slots - self.held[layer]
+
+    def cap(self, layer: int, expert: int) -> int:
+        """Most replicas the engine lets (layer, expert) reach."""
+        return max(self.cfg.max_replicas_per_expert, int(self.initial_counts[layer, expert]))
+
+    def _event(self, action: str, layer: int, expert: int, src: int, dst: int, nbytes: float) -> None:
+        self.sim.adaptation_events.append({
+            "time_s": float(self.sim.env.now), "action": action, "layer": int(layer),
+            "expert": int(expert), "from_gpu": int(src), "to_gpu": int(dst), "bytes": float(nbytes)})
+
+    # ------------------------------------------------------------------ actions
+    def path_cost_matrices(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per GPU pair: summed link latency (s) and bottleneck seconds per byte, inflated
+        by ``1 / (1 - rho)`` of the EWMA link utilisation (M/M/1 waiting), shape (G, G)."""
+        cl = self.sim.cluster
+        rho = np.minimum(self.link_util, RHO_MAX)
+        latency = np.append(cl.link_latency, 0.0)
+        per_byte = np.append(1.0 / (cl.link_bandwidth * (1.0 - rho)), 0.0)
+        return latency[self.routes].sum(axis=2), per_byte[self.routes].max(axis=2)
+
+    def start_transfer(self, layer: int, expert: int, dst: int, src: int | None = None) -> Transfer:
+        """Copy (layer, expert) onto ``dst`` from ``src`` (default: the serving replica with
+        the cheapest path to ``dst``); it serves from the moment it has arrived."""
+        sim = self.sim
+        serving = sim.replicas[layer][expert]
+        if dst in self.holders(layer, expert):
+            raise ValueError(f"GPU {dst} already holds layer {layer} expert {expert}")
+        if self.free_slots(layer)[dst] <= 0:
+            raise ValueError(f"GPU {dst} has no free slot in layer {layer}")
+        if src is None:
+            nbytes = sim.spec.expert_bytes
+            src = min(serving, key=lambda g: (sim.cluster.path_latency(g, dst, nbytes), g))
+        transfer = Transfer(layer, expert, int(src), int(dst), sim.spec.expert_bytes, sim.env.now)
+        self.held[layer, dst] += 1
+        self.pending.setdefault((layer, expert), []).append(transfer)
+        self.transfers_in_flight += 1
+        sim.replication_bytes += transfer.nbytes
+        sim.replication_bytes_in_flight += transfer.nbytes
+        self._peak_in_flight = max(self._peak_in_flight, sim.replication_bytes_in_flight)
+        self._event("transfer_start", layer, expert, transfer.src, dst, transfer.nbytes)
+        if self.cfg.paced_transfers:
+            self._send_paced(transfer, transfer.nbytes)
+        else:
+            sim.network.send(transfer.src, dst, transfer.nbytes, lambda: self._arrived(transfer))
+        return transfer
+
+    def _send_paced(self, transfer: Transfer, left: float) -> None:
+        """Send the weights one network chunk at a time, the next when the last has arrived.
+
+        A bulk message enqueues all its chunks on the first link at once, so token
+        messages arriving behind it wait for the whole transfer (FIFO). Paced, a
+        token waits for at most one weight chunk per link; the transfer runs slightly
+        slower (one route latency per chunk) - a background, low-priority copy.
+        """
+        piece = min(left, self.sim.network.chunk)
+        rest = left - piece
+        done = (lambda: self._send_paced(transfer, rest)) if rest > 0 else (
+            lambda: self._arrived(transfer))
+        self.sim.network.send(transfer.src, transfer.dst, piece, done)
+
+    def _arrived(self, transfer: Transfer) -> None:
+        sim, key = self.sim, (transfer.layer, transfer.expert)
+        self.pending[key].remove(transfer)
+        if not self.pending[key]:
+            del self.pending[key]
+        self.transfers_in_flight -= 1
+        sim.replication_bytes_in_flight -= transfer.nbytes
+        sim.set_replicas(transfer.layer, transfer.expert,
+                         sim.replicas[transfer.layer][transfer.expert] + [transfer.dst])
+        sim.replicas_added += 1
+        self._event("replica_ready", transfer.layer, transfer.expert, transfer.src, transfer.dst,
+                    transfer.nbytes)
+        self.on_ready(transfer)
+
+    def on_ready(self, transfer: Transfer) -> None:
+        """Hook run when a transfer has arrived and its replica serves."""
+
+    def evict(self, layer: int, expert: int, gpu: int, action: str) -> None:
+        """Stop serving (layer, expert) on ``gpu`` and free its slot."""
+        sim = self.sim
+        serving = sim.replicas[layer][expert]
+        if len(serving) <= 1 or gpu not in serving:
+            raise ValueError(f"cannot evict layer {layer} expert {expert} from GPU {gpu}: {serving}")
+        if (layer, expert) in self.pending:
+            raise ValueError(f"layer {layer} expert {expert} has a transfer in flight")
+        sim.set_replicas(layer, expert, [g for g in serving if g != gpu])
+        self.held[layer, gpu] -= 1
+        sim.replicas_evicted += 1
+        self.cold[layer, expert] = 0
+        self._event(action, layer, expert, gpu, -1, 0.0)
