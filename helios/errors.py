@@ -31,3 +31,11 @@ class ConfigError(ValueError):
     def one_line(self) -> str:
         """The single line printed to stderr by the CLI."""
         return f"helios: config error: {self}".replace("\n", " ")
+
+
+class StorageError(RuntimeError):
+    """Results could not be written (a full disk, a folder that became read-only, ...).
+
+    The message is one line; the cells already written are complete and kept, and
+    re-running the same command resumes with the rest.
+    """

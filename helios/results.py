@@ -67,11 +67,18 @@ def write_atomic(final: Path, data: bytes) -> Path:
     dataset reads skip, and does not end in ``.parquet``, which ``*.parquet`` globs (DuckDB
     matches hidden files) skip. A writer killed before the rename leaves it behind;
     :func:`helios.storage.remove_stale_temporaries` deletes it on the next sweep.
+
+    The data is fsynced before the rename, so that after a power loss or kernel crash a
+    part that exists is whole (the rename is atomic; without the fsync a file system may
+    persist the rename before the data).
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.stem}-{uuid.uuid4().hex}.tmp"
     try:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)

@@ -37,7 +37,7 @@ import contextlib
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from typing import Any
 import ray
 
 from helios.config import CellConfig, to_dict
+from helios.errors import StorageError
 from helios.placement.cache import cache_root
 from helios.placement.ray_cache import start_cache_actor
 from helios.worker import SimulationWorker, ray_session
@@ -365,7 +366,8 @@ class _Pool:
                            "message": f"worker computed cell id {payload['cell_id']}",
                            "traceback": "", "host": ""}
         if payload["ok"]:
-            write_parts(cell.sweep_dir, cell.cell_id, payload["parts"])
+            with self._storage_errors(cell):
+                write_parts(cell.sweep_dir, cell.cell_id, payload["parts"])
             part_path(cell.sweep_dir, "failures", cell.cell_id).unlink(missing_ok=True)
             self._release(cell)
             self.report.done.append(cell.cell_id)
@@ -380,6 +382,24 @@ class _Pool:
         if self.on_result is not None:
             self.on_result(cell.cell_id, status, [s.pid for s in self.slots if s.queue and s.pid])
 
+    @contextlib.contextmanager
+    def _storage_errors(self, cell: Cell) -> Iterator[None]:
+        """Turn an OSError of the driver's writes into a one-line :class:`StorageError`.
+
+        Nothing is left half-written: :func:`helios.results.write_atomic` removes its
+        temporary file, and a cell counts as done only once its ``cells`` part exists.
+        The cell's claim is released, as those of the cells not run are by :meth:`run`.
+        """
+        try:
+            yield
+        except OSError as exc:
+            self._release(cell)
+            reason = exc.strerror or str(exc)
+            raise StorageError(
+                f"cannot write results to {cell.sweep_dir}: {reason} (while writing cell "
+                f"{cell.cell_id}); the cells already written are kept, and re-running the "
+                "same command resumes with the rest") from exc
+
     def _fail(self, cell: Cell, payload: dict[str, Any]) -> None:
         cfg = cell.cfg
         row = {"sweep": cfg.sweep, "cell_id": cell.cell_id, "topology": cfg.topology.name,
@@ -390,7 +410,8 @@ class _Pool:
                "host": payload.get("host", "")}
         from helios.results import write_part
 
-        write_part(cell.sweep_dir, "failures", cell.cell_id, [row], to_dict(cfg))
+        with self._storage_errors(cell):
+            write_part(cell.sweep_dir, "failures", cell.cell_id, [row], to_dict(cfg))
         self._release(cell)
         self.report.failed[cell.cell_id] = row
         if self.print_summary:

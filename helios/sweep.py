@@ -328,8 +328,13 @@ def run_one(cfg: CellConfig) -> str:
     sweep_dir = Path(cfg.output_dir) / cfg.sweep
     # Hold the cell's claim while writing, so that a sweep into the same folder neither
     # writes this cell at the same time nor takes our temporary files for stale ones.
-    with claim(sweep_dir, result.cell_id, wait=True):  # type: ignore[union-attr]
-        write_cell(sweep_dir, result.cell_id, result.tables, result.config)
+    try:
+        with claim(sweep_dir, result.cell_id, wait=True):  # type: ignore[union-attr]
+            write_cell(sweep_dir, result.cell_id, result.tables, result.config)
+    except OSError as exc:  # a full disk, a folder that became read-only: not a bug
+        print(f"helios: error: cannot write results to {sweep_dir}: {exc.strerror or exc}",
+              file=sys.stderr)
+        raise SystemExit(1) from None
     print(f"helios: cell {result.cell_id} written to {sweep_dir}", file=sys.stderr)
     return result.summary
 

@@ -306,6 +306,43 @@ def test_unwritable_results_folder_is_one_line_exit_2_before_anything_runs(
     assert after == before  # nothing written, not even Hydra's record
 
 
+@pytest.mark.parametrize("mode", [[], [*FAST[:2], "strategy=round_robin", "seed=0,1,2"]],
+                         ids=["single", "multirun"])
+def test_a_disk_that_fills_up_is_one_line_exit_1_and_keeps_what_was_written(
+        mode, ray_local, tmp_path, capsys, monkeypatch):
+    import errno
+    import types
+
+    import helios.results
+
+    # A full disk is reported by write() or, on delayed-allocation and network file
+    # systems, by fsync(): fail the fsync of every write after the first complete cell.
+    cells_written = 1 if mode else 0
+
+    def fsync(fd: int) -> None:
+        if len(list(tmp_path.rglob("cells/part-*.parquet"))) >= cells_written:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        os.fsync(fd)
+
+    monkeypatch.setattr(helios.results, "os", types.SimpleNamespace(**{**vars(os), "fsync": fsync}))
+    with pytest.raises(SystemExit) as exit_info:
+        main([*mode, "model=tiny", "topology.k=2", f"output_dir={tmp_path}"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if "cannot write results" in line]
+    assert len(lines) == 1 and lines[0].startswith("helios: error: cannot write results to ")
+    assert "No space left on device" in lines[0]
+    sweep_dir = tmp_path / ("smoke" if mode else "default")
+    assert not list(tmp_path.rglob(".tmp-*"))  # the failed write left no temporary file
+    if mode:  # the cell written before the disk filled up is whole, and counts as done
+        done = load(sweep_dir)
+        assert len(done) == 1
+        assert_sound(sweep_dir, set(done["cell_id"]))
+    else:
+        assert not list(sweep_dir.rglob("*.parquet"))
+
+
 # ----------------------------------------------------------------------------- bad files
 TRACE_HEADER = "window,layer,expert,load\n"
 

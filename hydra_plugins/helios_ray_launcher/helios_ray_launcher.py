@@ -121,6 +121,7 @@ class HeliosRayLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
                ) -> Sequence[JobReturn]:
         from helios.cell import cell_id
+        from helios.errors import StorageError
         from helios.runner import run_sweep
         from helios.sweep import cell_mapping
 
@@ -131,9 +132,12 @@ class HeliosRayLauncher(Launcher):
         labels = [" ".join(filter_overrides(ov)) for ov in job_overrides]
         ray_cfg = jobs[0][1].ray
         log.info(f"Launching {len(jobs)} jobs on Ray")
-        report = run_sweep([cell for _, cell in jobs], labels=labels,
-                           num_workers=ray_cfg.num_workers, max_retries=ray_cfg.max_retries,
-                           address=ray_cfg.address, progress=self.progress)
+        try:
+            report = run_sweep([cell for _, cell in jobs], labels=labels,
+                               num_workers=ray_cfg.num_workers, max_retries=ray_cfg.max_retries,
+                               address=ray_cfg.address, progress=self.progress)
+        except StorageError as err:
+            raise SweepFailed(f"helios: error: {err}") from None
         failure = None
         if report.failed:
             names = ", ".join(f"{cid} [{f['label']}]" for cid, f in report.failed.items())
