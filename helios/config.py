@@ -219,13 +219,16 @@ class RayConfig:
 class FaultConfig:
     """Test-only fault injection (see :mod:`helios.faults`); leave it at its defaults.
 
-    Not in ``conf/config.yaml``: set it with ``+fault.raise_in_cell=true``. While at its
+    Not in ``conf/config.yaml``: set it with ``+fault.raise_in_cell=true`` or
+    ``+fault.delay_s=2``. While at its
     defaults the section is left out of :func:`to_dict` and :func:`flatten`, so it
     changes neither the id nor the columns of a normal cell; a cell with an injected
     fault gets an id of its own.
     """
 
     raise_in_cell: bool = spec(False, "test only: the cell raises FaultInjected when it starts")
+    delay_s: float = spec(0.0, "test only: the cell waits this long (s) before it starts, so "
+                               "that a test can act while it runs", ge=0, le=600)
 
 
 @dataclass(frozen=True)

@@ -425,7 +425,9 @@ def test_the_sweep_cache_actor_solves_again_over_bad_cache_files(ray_local, tmp_
 def test_a_lost_node_mid_sweep_leaves_the_sweep_complete_on_the_other(ray_cluster, tmp_path):
     from helios.runner import run_sweep
 
-    cells = preflight([*FAST, "seed=range(3)", f"output_dir={tmp_path}"])
+    # Cells of ~0.3 s could all end before the node is gone: each waits 2 s first, so
+    # both nodes are mid-cell when the first one finishes and the node is removed.
+    cells = preflight([*FAST, "seed=range(3)", "+fault.delay_s=2", f"output_dir={tmp_path}"])
     other = [n for n in ray_cluster.list_all_nodes() if n is not ray_cluster.head_node]
     assert len(other) == 1
     lost: list[int] = []
