@@ -58,8 +58,13 @@ def colours(strategies: list[str]) -> dict[str, tuple]:
 
 
 def group_label(key: dict) -> str:
-    """``fat_tree / tiny / stationary`` for a group's key values."""
-    return " / ".join(str(v) for v in key.values()) or "all cells"
+    """``fat_tree / tiny / stationary`` for a group's key values; ``rate=2500`` for a ``cfg.*`` key."""
+    def text(name: str, value: object) -> str:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return f"{name.rsplit('.', 1)[-1]}={value}" if name.startswith("cfg.") else str(value)
+
+    return " / ".join(text(k, v) for k, v in key.items()) or "all cells"
 
 
 def slug(text: str) -> str:
@@ -86,6 +91,10 @@ def _groups(frame: pd.DataFrame, keys: tuple[str, ...]):
         yield dict(zip(keys, values)), sub
 
 
+#: A panel of :func:`p99_bars` uses a log axis when its largest mean exceeds its smallest by this.
+LOG_SCALE_RATIO = 10.0
+
+
 def p99_bars(summary: pd.DataFrame, group_by: tuple[str, ...], path: Path | str, metric: str = "p99_ms",
              ci_label: str = "95% CI, Student t") -> Path:
     """Bar per strategy of the mean ``metric`` with CI error bars, one panel per group."""
@@ -100,26 +109,37 @@ def p99_bars(summary: pd.DataFrame, group_by: tuple[str, ...], path: Path | str,
         finite = np.isfinite(means)
         tops = np.where(np.isfinite(sub["ci_high"]), sub["ci_high"], means)[finite]
         ceiling = 1.15 * float(np.nanmax(tops)) if finite.any() and np.nanmax(tops) > 0 else 1.0
+        positive = means[finite & (means > 0)]
+        # A strategy 10x off the others would flatten their bars and error bars to nothing.
+        log = positive.size >= 2 and positive.max() > LOG_SCALE_RATIO * positive.min()
+        floor = 0.5 * float(positive.min()) if log else 0.0
+        if log:
+            ceiling *= 2.0  # room for the labels above the bars on a log axis
         x = np.arange(len(names))
         for i, row in enumerate(sub.itertuples(index=False)):
             c = colour[row.strategy]
             if np.isposinf(row.mean):
-                ax.bar(i, ceiling, color="white", edgecolor=c, hatch="//")
-                ax.text(i, ceiling * 0.5, "inf\n(overloaded)", ha="center", va="center", fontsize=8)
+                ax.bar(i, ceiling - floor, bottom=floor, color="white", edgecolor=c, hatch="//")
+                middle = np.sqrt(floor * ceiling) if log else ceiling * 0.5
+                ax.text(i, middle, "inf\n(overloaded)", ha="center", va="center", fontsize=8)
                 continue
             if np.isnan(row.mean):
-                ax.text(i, 0, "no data", ha="center", va="bottom", fontsize=8)
+                ax.text(i, floor, "no data", ha="center", va="bottom", fontsize=8)
                 continue
             err = None
             if np.isfinite(row.ci_low):
-                err = [[row.mean - row.ci_low], [row.ci_high - row.mean]]
-            ax.bar(i, row.mean, color=c, yerr=err, capsize=4, ecolor="black")
+                err = [[row.mean - max(row.ci_low, floor)], [row.ci_high - row.mean]]
+            ax.bar(i, row.mean - floor, bottom=floor, color=c, yerr=err, capsize=4, ecolor="black")
             label = f"n={row.n}" if err is not None else f"n={row.n}\nno CI"
             top = row.ci_high if err is not None else row.mean
-            ax.text(i, top + 0.01 * ceiling, label, ha="center", va="bottom", fontsize=7)
+            ax.text(i, top * 1.08 if log else top + 0.01 * ceiling, label, ha="center",
+                    va="bottom", fontsize=7)
         ax.set_xticks(x, names, rotation=30, ha="right")
-        ax.set_ylim(0, ceiling)
-        ax.set_ylabel("P99 latency (ms)" if metric == "p99_ms" else metric)
+        if log:
+            ax.set_yscale("log")
+        ax.set_ylim(floor, ceiling)
+        unit = "P99 latency (ms)" if metric == "p99_ms" else metric
+        ax.set_ylabel(f"{unit}, log scale" if log else unit)
         ax.set_title(group_label(key), fontsize=9)
     name = "P99 latency" if metric == "p99_ms" else metric
     fig.suptitle(f"{name}: mean over seeds, error bars {ci_label}")

@@ -281,3 +281,32 @@ def test_default_output_goes_next_to_the_data(tiny_sweep: Path) -> None:
     report = build(tiny_sweep, figures=False)
     assert report.report_path == tiny_sweep / "report.md" and report.report_path.exists()
     assert set(report.analysis.summary["strategy"]) == {"greedy", "round_robin"}
+
+
+@pytest.mark.parametrize("slow_p99, log", [(30.0, False), (300.0, True)])
+def test_p99_bars_switch_to_a_log_axis_only_when_one_mean_is_10x_another(
+        slow_p99, log, tmp_path, monkeypatch):
+    from helios import plots
+
+    summary = pd.DataFrame({
+        "metric": "p99_ms", "topology": "fat_tree", "strategy": ["fast", "mid", "slow"],
+        "n": 5, "mean": [10.0, 12.0, slow_p99], "ci_low": [9.0, 11.0, slow_p99 * 0.9],
+        "ci_high": [11.0, 13.0, slow_p99 * 1.1]})
+    figures = []
+    monkeypatch.setattr(plots, "save_png", lambda fig, path: figures.append(fig) or Path(path))
+    plots.p99_bars(summary, ("topology",), tmp_path / "p99.png")
+    ax = figures[0].axes[0]
+    assert (ax.get_yscale() == "log") is log
+    assert ax.get_ylabel().endswith("log scale") is log
+    tops = sorted(bar.get_y() + bar.get_height() for bar in ax.patches)
+    assert tops == pytest.approx([10.0, 12.0, slow_p99])  # bars end at the means on either axis
+    assert ax.get_ylim()[0] < 10.0 and ax.get_ylim()[1] > slow_p99 * 1.1
+    assert ax.get_title() == "fat_tree"
+
+
+def test_group_labels_name_config_keys_and_drop_float_noise():
+    from helios.plots import group_label
+
+    assert group_label({"topology": "dragonfly", "cfg.scenario.rate": 2500.0}) == "dragonfly / rate=2500"
+    assert group_label({"cfg.scenario.zipf_s": 1.2}) == "zipf_s=1.2"
+    assert group_label({}) == "all cells"
