@@ -114,6 +114,13 @@ def load_cells(sweep_dir: Path | str) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- settings
 
+def key_text(value: object) -> str:
+    """A group key's value as text: ``2500`` rather than ``2500.0``."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def metric_columns(cells: pd.DataFrame) -> list[str]:
     """Numeric columns of ``cells`` that can be analysed as metrics."""
     return [c for c in cells.columns

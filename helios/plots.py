@@ -33,6 +33,8 @@ import matplotlib.ticker as ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from helios.analysis import key_text  # noqa: E402
+
 _ACTION_MARKERS = {"replicate": "^", "evict": "v", "migrate": "s", "route": "o"}
 
 
@@ -59,12 +61,8 @@ def colours(strategies: list[str]) -> dict[str, tuple]:
 
 def group_label(key: dict) -> str:
     """``fat_tree / tiny / stationary`` for a group's key values; ``rate=2500`` for a ``cfg.*`` key."""
-    def text(name: str, value: object) -> str:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        return f"{name.rsplit('.', 1)[-1]}={value}" if name.startswith("cfg.") else str(value)
-
-    return " / ".join(text(k, v) for k, v in key.items()) or "all cells"
+    return " / ".join(f"{k.rsplit('.', 1)[-1]}={key_text(v)}" if k.startswith("cfg.") else key_text(v)
+                      for k, v in key.items()) or "all cells"
 
 
 def slug(text: str) -> str:

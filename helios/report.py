@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from helios.analysis import HIGHER_IS_BETTER, Analysis, analyse, joined, load_cells
+from helios.analysis import (HIGHER_IS_BETTER, Analysis, analyse, joined, key_text,
+                             load_cells)
 from helios.errors import ConfigError
 
 __all__ = ["Report", "analyse", "build", "main", "markdown_table"]
@@ -94,7 +95,7 @@ def markdown_table(analysis: Analysis, metric: str) -> str:
                 delta = f"{'+' if row['mean_diff'] > 0 else ''}{_fmt(row['mean_diff'])} (absolute)"
             change = [delta, dci, _fmt(row["p_value"]), _fmt(row["p_holm"]), verdict]
             notes.append(row.get("compare_note") or "")
-        cells = [*(str(row[k]) for k in s.group_by), row["strategy"], str(row["n"]), _fmt(row["mean"]), ci,
+        cells = [*(key_text(row[k]) for k in s.group_by), row["strategy"], str(row["n"]), _fmt(row["mean"]), ci,
                  *change, "; ".join(dict.fromkeys(n for n in notes if n))]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)
