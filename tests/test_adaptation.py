@@ -219,6 +219,46 @@ def test_full_memory_evicts_a_colder_replicated_expert_never_a_last_copy():
         engine.evict(layer, cold, sim.replicas[layer][cold][0], "evict_cold")
 
 
+def _engine_on_round_robin(cfg):
+    """A HeliosEngine over the round-robin placement (expert e of layer 0 on GPU e % 8)."""
+    placement = initial_placement(cfg, "round_robin")
+    cluster, spec, workload, _ = prepare(cfg)
+    sim = Simulation(cluster, spec, placement, workload, cfg.sim)
+    return sim, HeliosEngine(sim, cfg)
+
+
+def test_visit_probability_is_the_chance_another_pick_lands_on_the_gpu():
+    cfg = config("strategy=helios_dynamic")
+    sim, engine = _engine_on_round_robin(cfg)
+    layer, k = 0, sim.spec.top_k
+    engine.ewma = np.zeros((sim.layers, 16))
+    engine.ewma[layer, [0, 1, 9]] = [2.0, 1.0, 1.0]  # experts 1 and 9 both live on GPU 1
+    sim.set_replicas(layer, 9, [1, 3])  # expert 9 also on GPU 3: its load splits in two
+    q = engine.visit_probability(layer, 0)
+    # shares of the layer's load, without expert 0: GPU 1 = 1/4 + 1/8, GPU 3 = 1/8
+    expected = np.zeros(8)
+    expected[1] = 1 - (1 - 0.375) ** (k - 1)
+    expected[3] = 1 - (1 - 0.125) ** (k - 1)
+    assert q == pytest.approx(expected)
+    # an expert's own replicas do not count: its tokens visit them for it, not anyway
+    assert engine.visit_probability(layer, 1)[1] == pytest.approx(1 - (1 - 0.125) ** (k - 1))
+
+
+def test_replica_target_prefers_a_gpu_the_tokens_visit_anyway():
+    cfg = config("strategy=helios_dynamic")
+    sim, engine = _engine_on_round_robin(cfg)
+    layer, hot = 0, 0
+    engine.ewma = np.ones((sim.layers, 16))
+    engine.refresh_costs()
+    base = engine.target_costs(layer, hot, engine.gpu_util.copy())
+    # Make GPU 5 (experts 5 and 13) serve most of the layer's other tokens: a replica
+    # there adds almost no messages, so its network cost nearly vanishes.
+    engine.ewma[layer, [5, 13]] = 50.0
+    costs = engine.target_costs(layer, hot, engine.gpu_util.copy())
+    assert costs[5] < 0.1 * base[5]
+    assert int(np.argmin(np.delete(costs, 0))) + 1 == 5  # (GPU 0 already holds the expert)
+
+
 @pytest.mark.parametrize("paced", [True, False])
 def test_replication_bytes_appear_in_link_loads(paced):
     """A weight transfer adds expert_bytes to every link of its route, and nothing elsewhere."""

@@ -14,7 +14,8 @@ or incoming and ``mean`` = total load / total replicas of the layer:
 * a hot expert gains replicas (hottest ratio first, up to ``max_replicas_per_expert``
   and ``max_transfers_in_flight``) while it stays hot counting the new ones. The target
   is the GPU with a free slot that minimises the expected time of the expert's traffic
-  (see :meth:`HeliosEngine.target_costs`), and only if that time is at most
+  (see :meth:`HeliosEngine.target_costs`; its network part counts only the messages a
+  replica there adds, :meth:`HeliosEngine.visit_probability`), and only if that time is at most
   ``1 - MIN_GAIN`` of the same figure at the expert's most expensive serving replica
   (a replica must pay for its transfer). When no GPU has a free slot, the least
   loaded replica (per replica) of a replicated, clearly colder expert is evicted to
@@ -139,8 +140,10 @@ class HeliosEngine(AdaptationEngine):
 
         Dispatch of the replica's tokens per request from every home GPU (weighted by
         its share) plus their combine back: summed link latency + message bytes x the
-        route's inflated bottleneck seconds per byte (:meth:`path_cost_matrices`);
-        plus the GPU's waiting time, the larger of its queue backlog now and the
+        route's inflated bottleneck seconds per byte (:meth:`path_cost_matrices`),
+        times the chance that a token is *not* sent to that GPU anyway for another of
+        its experts (``1 - visit_probability``: a token travels once per GPU, so only
+        those messages are added); plus the GPU's waiting time, the larger of its queue backlog now and the
         M/M/1 wait ``batch * rho / (1 - rho)`` at its projected busy fraction ``rho``
         (measured EWMA plus the replicas placed on it this window).
         """
@@ -151,8 +154,30 @@ class HeliosEngine(AdaptationEngine):
         rho = np.minimum(projected, RHO_MAX)
         backlog = np.array([self.sim.gpus.backlog(g) for g in range(self.sim.num_gpus)])
         wait = np.maximum(backlog, batch_s * rho / (1.0 - rho))
-        return (self._lat_in + self._lat_out + tokens * spec.dispatch_token_bytes * self._byte_in
-                + tokens * spec.combine_token_bytes * self._byte_out + wait)
+        network = (self._lat_in + self._lat_out + tokens * spec.dispatch_token_bytes * self._byte_in
+                   + tokens * spec.combine_token_bytes * self._byte_out)
+        return network * (1.0 - self.visit_probability(layer, expert)) + wait
+
+    def visit_probability(self, layer: int, expert: int) -> np.ndarray:
+        """Chance that a token of ``expert`` visits each GPU anyway, for its other experts.
+
+        A token is sent once per GPU it visits, so its trip to a GPU that one of its
+        other ``top_k - 1`` experts already takes it to costs no extra message. With
+        ``m[g]`` the share of the layer's token-expert pairs served on ``g`` by other
+        experts (EWMA loads, split evenly over each expert's serving replicas), the
+        chance is ``1 - (1 - m[g]) ** (top_k - 1)``, taking the other picks as
+        independent draws from the layer's load shares. Shape (G,).
+        """
+        sim = self.sim
+        load = self.ewma[layer]
+        total = float(load.sum())
+        served = np.zeros(sim.num_gpus)
+        if total <= 0:
+            return served
+        for other, serving in enumerate(sim.replicas[layer]):
+            if other != expert and load[other] > 0:
+                served[serving] += load[other] / total / len(serving)
+        return 1.0 - (1.0 - np.minimum(served, 1.0)) ** (sim.spec.top_k - 1)
 
     def _choose_target(self, layer: int, expert: int, projected: np.ndarray) -> int | None:
         holders = self.holders(layer, expert)
