@@ -210,7 +210,28 @@ def build(sweep_dir: Path | str, baseline: str | None = None, metrics: Sequence[
         return Report(analysis, render(analysis, len(cells), sweep_dir.name, []), None)
     figs = make_figures(analysis, cells, sweep_dir, out_dir / "figures") if figures else []
     text = render(analysis, len(cells), sweep_dir.name, figs, base=out_dir)
-    return Report(analysis, text, _write_text(out_dir / "report.md", text), figs)
+    report = Report(analysis, text, _write_text(out_dir / "report.md", text), figs)
+    if figures:
+        remove_stale_figures(out_dir / "figures", {path for _, path in figs})
+    return report
+
+
+#: Names of the figures a report draws; only these are ever removed from ``figures/``.
+FIGURE_PATTERNS = ("p99_bars.png", "latency_cdf.png", "link_util.png", "timeseries_*.png")
+
+
+def remove_stale_figures(fig_dir: Path, current: set[Path]) -> list[Path]:
+    """Delete figures an earlier report drew that this one did not (e.g. another group-by).
+
+    Runs after ``report.md`` is written, so an interrupted report never leaves a folder
+    without the figures its ``report.md`` lists. Files of other names are left alone.
+    """
+    keep = {p.resolve() for p in current}
+    stale = [path for pattern in FIGURE_PATTERNS for path in sorted(fig_dir.glob(pattern))
+             if path.resolve() not in keep]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 class _Parser(argparse.ArgumentParser):

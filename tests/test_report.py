@@ -310,3 +310,18 @@ def test_group_labels_name_config_keys_and_drop_float_noise():
     assert group_label({"topology": "dragonfly", "cfg.scenario.rate": 2500.0}) == "dragonfly / rate=2500"
     assert group_label({"cfg.scenario.zipf_s": 1.2}) == "zipf_s=1.2"
     assert group_label({}) == "all cells"
+
+
+def test_a_second_report_removes_the_figures_of_the_first_it_does_not_draw_again(
+        tiny_sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    assert main([str(tiny_sweep), "--out", str(out)]) == 0
+    first = {p.name for p in (out / "figures").iterdir()}
+    assert "timeseries_fat_tree_tiny_stationary.png" in first
+    (out / "figures" / "notes.txt").write_text("the user's own file")
+    assert main([str(tiny_sweep), "--out", str(out), "--group-by", "topology"]) == 0
+    second = {p.name for p in (out / "figures").iterdir()}
+    listed = {Path(line.split("](", 1)[1].rstrip(")")).name
+              for line in (out / "report.md").read_text().splitlines() if line.startswith("![")}
+    assert second == listed | {"notes.txt"}  # the old group's time series is gone, the rest kept
+    assert "timeseries_fat_tree.png" in second and "timeseries_fat_tree_tiny_stationary.png" not in second
