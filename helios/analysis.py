@@ -3,9 +3,10 @@
 Method (also written into every report):
 
 * **Unit of replication** is the seed. A group is one combination of the group-by keys
-  (default ``topology x model x scenario``); inside a group each (strategy, seed) must be
-  exactly one cell, else the group-by keys are too coarse and :class:`ConfigError` says
-  which ``cfg.*`` columns still vary.
+  (default ``topology x model x scenario``, plus any ``cfg.*`` column the sweep varies
+  beyond them, e.g. ``cfg.scenario.rate``); inside a group each (strategy, seed) must be
+  exactly one cell, else the group-by keys given are too coarse and :class:`ConfigError`
+  says which ``cfg.*`` columns still vary.
 * **Mean and 95% CI** per (group, strategy, metric) over seeds. Default: Student t,
   ``mean +/- t_{0.975, n-1} * s / sqrt(n)`` (``scipy.stats.t.interval``). Option
   ``ci="bootstrap"``: percentile bootstrap of the mean (``scipy.stats.bootstrap``, 9,999
@@ -171,21 +172,42 @@ def settings_for(cells: pd.DataFrame, baseline: str | None = None, metrics: Sequ
     if not 0 < alpha < 1:
         raise ConfigError("alpha", alpha, "a number in (0, 1)")
     base = choose_baseline(cells["strategy"].astype(str).tolist(), baseline)
+    if group_by is None:  # the default groups also split by the config keys the sweep varies
+        keys = _with_varying_keys(cells, keys)
     _check_one_cell_per_seed(cells, keys)
     return Settings(baseline=base, metrics=chosen, group_by=keys, ci=ci, test=test, confidence=confidence,
                     alpha=alpha, seed=seed, skipped_metrics=skipped)
 
 
-def _check_one_cell_per_seed(cells: pd.DataFrame, keys: tuple[str, ...]) -> None:
-    """Seeds are the replicates: averaging cells that differ in config would mix conditions."""
+def _varying_columns(cells: pd.DataFrame, keys: tuple[str, ...]) -> list[str]:
+    """``cfg.*`` columns (other than the strategy's) that differ among cells sharing
+    (``keys``, strategy, seed): the config the sweep varies beyond ``keys``."""
     cols = [*keys, "strategy", "seed"]
     dup = cells.duplicated(cols, keep=False)
     if not dup.any():
-        return
+        return []
     clash = cells[dup]
-    varying = [c for c in cells.columns if c.startswith("cfg.") and not c.startswith("cfg.strategy.")
-               and c not in ("cfg.seed", "cfg.sweep", "cfg.output_dir")
-               and clash.groupby(cols, dropna=False)[c].nunique(dropna=False).max() > 1]
+    return [c for c in cells.columns if c.startswith("cfg.") and not c.startswith("cfg.strategy.")
+            and c not in ("cfg.seed", "cfg.sweep", "cfg.output_dir")
+            and clash.groupby(cols, dropna=False)[c].nunique(dropna=False).max() > 1]
+
+
+def _with_varying_keys(cells: pd.DataFrame, keys: tuple[str, ...]) -> tuple[str, ...]:
+    """``keys`` plus, one at a time, the varying config columns until each (group,
+    strategy, seed) holds one cell, e.g. ``cfg.scenario.rate`` for a sweep over loads."""
+    keys = tuple(k for k in keys if k in cells.columns)
+    for column in _varying_columns(cells, keys):
+        if not cells.duplicated([*keys, "strategy", "seed"]).any():
+            break
+        keys = (*keys, column)
+    return keys
+
+
+def _check_one_cell_per_seed(cells: pd.DataFrame, keys: tuple[str, ...]) -> None:
+    """Seeds are the replicates: averaging cells that differ in config would mix conditions."""
+    if not cells.duplicated([*keys, "strategy", "seed"]).any():
+        return
+    varying = _varying_columns(cells, keys)
     raise ConfigError("group-by", ",".join(keys) or "(none)",
                       "keys that leave one cell per (group, strategy, seed); add the varying "
                       "columns: " + (", ".join(varying[:8]) or "(none found: duplicate cells)"))

@@ -196,12 +196,19 @@ def test_baseline_choice_and_option_errors(cells: pd.DataFrame, tmp_path: Path) 
         with pytest.raises(ConfigError) as err:
             analyse(cells, **kwargs)
         assert err.value.key == key
-    # Too coarse a grouping mixes configs under one seed: refused, naming the varying column.
+    # A config the sweep varies beyond the default groups becomes a group key of its own;
+    # an explicit grouping too coarse for it is refused, naming the varying column.
     rows = [_row("fat_tree", "stationary", "round_robin", 0, 1.0, **{"cfg.topology.k": k}) | {"cell_id": f"k{k}"}
             for k in (4, 8)]
     write_rows(tmp_path / "dup", rows)
+    assert analyse(tmp_path / "dup").settings.group_by == ("topology", "model", "scenario", "cfg.topology.k")
     with pytest.raises(ConfigError, match="cfg.topology.k"):
-        analyse(tmp_path / "dup")
+        analyse(tmp_path / "dup", group_by=["topology", "scenario"])
+    # Two cells of the same config and seed (copied parts): nothing can tell them apart.
+    write_rows(tmp_path / "same", [_row("fat_tree", "stationary", "round_robin", 0, 1.0) | {"cell_id": c}
+                                   for c in ("a", "b")])
+    with pytest.raises(ConfigError, match="duplicate cells"):
+        analyse(tmp_path / "same")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
