@@ -70,7 +70,8 @@ def write_atomic(final: Path, data: bytes) -> Path:
 
     The data is fsynced before the rename, so that after a power loss or kernel crash a
     part that exists is whole (the rename is atomic; without the fsync a file system may
-    persist the rename before the data).
+    persist the rename before the data), and the folder after it, so that the rename
+    itself is on disk before the next part (the ``cells`` part, last, marks a cell done).
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.stem}-{uuid.uuid4().hex}.tmp"
@@ -80,9 +81,23 @@ def write_atomic(final: Path, data: bytes) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, final)
+        fsync_folder(final.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return final
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (renames, new files) to disk; a no-op where folders
+    cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_part(sweep_dir: Path | str, table: str, cell_id: str, rows: list[Mapping[str, Any]],

@@ -343,6 +343,30 @@ def test_a_disk_that_fills_up_is_one_line_exit_1_and_keeps_what_was_written(
         assert not list(sweep_dir.rglob("*.parquet"))
 
 
+def test_a_part_is_fsynced_before_its_rename_and_its_folder_after(tmp_path, monkeypatch):
+    import stat
+    import types
+
+    import helios.results
+
+    calls: list[tuple[str, str]] = []
+
+    def fsync(fd: int) -> None:
+        calls.append(("fsync", "folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"))
+        os.fsync(fd)
+
+    def replace(src, dst) -> None:
+        calls.append(("rename", Path(dst).name))
+        os.replace(src, dst)
+
+    fake_os = types.SimpleNamespace(**{**vars(os), "fsync": fsync, "replace": replace})
+    monkeypatch.setattr(helios.results, "os", fake_os)
+    final = tmp_path / "cells" / "part-abc.parquet"
+    helios.results.write_atomic(final, b"data")
+    assert calls == [("fsync", "file"), ("rename", "part-abc.parquet"), ("fsync", "folder")]
+    assert final.read_bytes() == b"data" and not list(tmp_path.rglob(".tmp-*"))
+
+
 # ----------------------------------------------------------------------------- bad files
 TRACE_HEADER = "window,layer,expert,load\n"
 
