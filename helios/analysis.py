@@ -195,7 +195,6 @@ def _varying_columns(cells: pd.DataFrame, keys: tuple[str, ...]) -> list[str]:
 def _with_varying_keys(cells: pd.DataFrame, keys: tuple[str, ...]) -> tuple[str, ...]:
     """``keys`` plus, one at a time, the varying config columns until each (group,
     strategy, seed) holds one cell, e.g. ``cfg.scenario.rate`` for a sweep over loads."""
-    keys = tuple(k for k in keys if k in cells.columns)
     for column in _varying_columns(cells, keys):
         if not cells.duplicated([*keys, "strategy", "seed"]).any():
             break

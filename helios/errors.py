@@ -36,6 +36,9 @@ class ConfigError(ValueError):
 class StorageError(RuntimeError):
     """Results could not be written (a full disk, a folder that became read-only, ...).
 
-    The message is one line; the cells already written are complete and kept, and
-    re-running the same command resumes with the rest.
+    The message is one line, ``cannot write results to <folder>: <reason><detail>``;
+    the cells already written are complete and kept.
     """
+
+    def __init__(self, folder: object, error: OSError, detail: str = "") -> None:
+        super().__init__(f"cannot write results to {folder}: {error.strerror or error}{detail}")

@@ -394,11 +394,9 @@ class _Pool:
             yield
         except OSError as exc:
             self._release(cell)
-            reason = exc.strerror or str(exc)
-            raise StorageError(
-                f"cannot write results to {cell.sweep_dir}: {reason} (while writing cell "
-                f"{cell.cell_id}); the cells already written are kept, and re-running the "
-                "same command resumes with the rest") from exc
+            raise StorageError(cell.sweep_dir, exc, (
+                f" (while writing cell {cell.cell_id}); the cells already written are kept, "
+                "and re-running the same command resumes with the rest")) from exc
 
     def _fail(self, cell: Cell, payload: dict[str, Any]) -> None:
         cfg = cell.cfg

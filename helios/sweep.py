@@ -36,7 +36,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from helios.config import CellConfig, cell_config
-from helios.errors import ConfigError
+from helios.errors import ConfigError, StorageError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 SWEEPS_DIR = CONF_DIR.parent / "sweeps"
@@ -332,8 +332,7 @@ def run_one(cfg: CellConfig) -> str:
         with claim(sweep_dir, result.cell_id, wait=True):  # type: ignore[union-attr]
             write_cell(sweep_dir, result.cell_id, result.tables, result.config)
     except OSError as exc:  # a full disk, a folder that became read-only: not a bug
-        print(f"helios: error: cannot write results to {sweep_dir}: {exc.strerror or exc}",
-              file=sys.stderr)
+        print(f"helios: error: {StorageError(sweep_dir, exc)}", file=sys.stderr)
         raise SystemExit(1) from None
     print(f"helios: cell {result.cell_id} written to {sweep_dir}", file=sys.stderr)
     return result.summary
