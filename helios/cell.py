@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from helios import __version__
-from helios.config import CellConfig, DragonflyConfig, FatTreeConfig, TopologyConfig, cell_config, flatten, to_dict
+from helios.config import CellConfig, DragonflyConfig, FatTreeConfig, TopologyConfig, cell_config, flatten, simulated_layers, to_dict
 from helios.moe import model_spec
 from helios.placement import PlacementContext
 from helios.placement.cache import DiskPlacementCache, cache_root, obtain_placement
 from helios.sim.adaptation import make_controller
 from helios.sim.engine import Simulation
+from helios.sim.ep.engine import EpSimulation
+from helios.sim.ep.metrics import ep_cell_metrics, ep_window_records, request_records
 from helios.sim.metrics import cell_metrics, window_records
 from helios.workload import Workload
 
@@ -62,7 +64,7 @@ def build_cluster(topo: TopologyConfig) -> Any:
     from helios import topology
 
     common = dict(gpus_per_server=topo.gpus_per_server, nics_per_server=topo.nics_per_server,
-                  nvlink_bandwidth=topo.nvlink_gbyte_s * 1e9, nic_bandwidth=topo.nic_gbit_s / 8 * 1e9,
+                  nic_per_gpu=topo.nic_per_gpu, nvlink_bandwidth=topo.nvlink_gbyte_s * 1e9, nic_bandwidth=topo.nic_gbit_s / 8 * 1e9,
                   nvlink_latency=topo.nvlink_latency_us * 1e-6,
                   link_latency=topo.link_latency_us * 1e-6, seed=ROUTE_SALT)
     if isinstance(topo, FatTreeConfig):
@@ -97,7 +99,7 @@ def prepare(cfg: CellConfig) -> tuple[Any, Any, Workload, PlacementContext]:
     cluster = build_cluster(cfg.topology)
     spec = model_spec(cfg.model, cfg.gpu)
     workload = Workload(cfg.scenario, spec.num_experts, spec.top_k, cluster.num_gpus,
-                        cfg.sim.layers, cfg.sim.duration_s, cfg.seed)
+                        simulated_layers(cfg), cfg.sim.duration_s, cfg.seed)
     ctx = PlacementContext(cluster=cluster, spec=spec, expected_load=workload.expected_load(0.0),
                            source_share=workload.source_distribution(),
                            slots_per_gpu=spec.slots_per_gpu, strategy=cfg.strategy, seed=cfg.seed,
@@ -128,10 +130,19 @@ def run_cell(cfg: CellConfig | Mapping[str, Any], cache: Any = None) -> CellResu
     placement_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    sim = Simulation(cluster, spec, placement, workload, cfg.sim, routing=cfg.strategy.routing,
-                     controller=make_controller(cfg)).run()
+    if cfg.serving.name == "ep":
+        sim = EpSimulation(cluster, cfg, placement, workload).run()
+        metrics, windows, records = ep_cell_metrics(sim), ep_window_records(sim), request_records(sim)
+        replica_stats = (0, 0, 0.0)
+        events, adaptation_events = next(sim.env._eid) + sim.kernel_tasks, []
+    else:
+        sim = Simulation(cluster, spec, placement, workload, cfg.sim, routing=cfg.strategy.routing,
+                         controller=make_controller(cfg)).run()
+        metrics, windows, records = cell_metrics(sim), window_records(sim), sim.records
+        replica_stats = (sim.replicas_added, sim.replicas_evicted, sim.replication_bytes)
+        # SimPy numbers every scheduled event; the counter's next value is the total.
+        events, adaptation_events = next(sim.env._eid), sim.adaptation_events
     sim_s = time.perf_counter() - t0
-    metrics = cell_metrics(sim)
 
     keys = {"sweep": cfg.sweep, "cell_id": cid}
     row = {
@@ -140,23 +151,23 @@ def run_cell(cfg: CellConfig | Mapping[str, Any], cache: Any = None) -> CellResu
         "strategy": cfg.strategy.name, "seed": cfg.seed,
         **{f"cfg.{k}": v for k, v in flatten(cfg).items()},
         **asdict(metrics),
-        "replicas_added": sim.replicas_added, "replicas_evicted": sim.replicas_evicted,
-        "replication_bytes": sim.replication_bytes,
+        "replicas_added": replica_stats[0], "replicas_evicted": replica_stats[1],
+        "replication_bytes": replica_stats[2],
         "placement_cache": "hit" if cache_hit else "miss",
         "placement_s": placement_s,
         "ilp_status": placement.info.get("ilp_status", ""),
         "ilp_gap": float(placement.info.get("ilp_gap", float("nan"))),
         "sim_s": sim_s,
-        # SimPy numbers every scheduled event; the counter's next value is the total.
-        "events": next(sim.env._eid),
+        "events": events,
         "helios_version": __version__, "git_sha": git_sha(), "host": socket.gethostname(),
     }
     tables = {
         "cells": [row],
-        "timeseries": [{**keys, "window": i, **asdict(w)} for i, w in enumerate(window_records(sim))],
-        "events": [{**keys, **event} for event in sim.adaptation_events],
-        "requests": [{**keys, **asdict(r)} for r in sim.records] if cfg.record.requests else [],
+        "timeseries": [{**keys, "window": i, **asdict(w)} for i, w in enumerate(windows)],
+        "events": [{**keys, **event} for event in adaptation_events],
+        "requests": [{**keys, **asdict(r)} for r in records] if cfg.record.requests else [],
     }
-    summary = summary_line(cfg.strategy.name, metrics.p99_ms, metrics.goodput_tok_s,
-                           metrics.max_link_util)
+    # serving=ep: "P99 Latency" is the P99 time per output token, goodput its output tokens/s.
+    p99 = metrics.tpot_p99_ms if cfg.serving.name == "ep" else metrics.p99_ms
+    summary = summary_line(cfg.strategy.name, p99, metrics.goodput_tok_s, metrics.max_link_util)
     return CellResult(cell_id=cid, tables=tables, summary=summary, config=to_dict(cfg))

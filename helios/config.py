@@ -41,6 +41,8 @@ class TopologyConfig:
     name: str = spec("fat_tree", "topology family")
     gpus_per_server: int = spec(4, "GPUs per server joined by an NVSwitch", ge=1)
     nics_per_server: int = spec(1, "400G-class NICs bonded into the server uplink", ge=1)
+    nic_per_gpu: bool = spec(False, "each GPU has its own NIC to the access switch "
+                                    "(nics_per_server is then ignored)")
     nvlink_gbyte_s: float = spec(450.0, "NVLink bandwidth per GPU per direction, GB/s", gt=0)
     nic_gbit_s: float = spec(400.0, "bandwidth of one NIC per direction, Gb/s", gt=0)
     nvlink_latency_us: float = spec(0.5, "GPU<->NVSwitch hop latency, us", ge=0)
@@ -90,19 +92,80 @@ class ModelConfig:
     param_bytes: float = spec(1.0, "bytes per expert weight (FP8=1, BF16=2)", gt=0)
     dispatch_bytes: float = spec(1.0, "bytes per activation element sent to experts", gt=0)
     combine_bytes: float = spec(2.0, "bytes per activation element sent back", gt=0)
+    # Dense part (serving=ep): attention, shared experts, dense layers, LM head.
+    attention: str = spec("mla", "attention kind", choices=("mla", "gqa"))
+    num_attention_heads: int = spec(128, "query heads", ge=1)
+    num_kv_heads: int = spec(128, "GQA: key/value heads", ge=1)
+    head_dim: int = spec(128, "GQA: dimension per head", ge=1)
+    q_lora_rank: int = spec(1536, "MLA: query compression rank (0 = none)", ge=0)
+    kv_lora_rank: int = spec(512, "MLA: compressed KV dimension", ge=1)
+    qk_nope_head_dim: int = spec(128, "MLA: per-head query/key dimension without RoPE", ge=1)
+    qk_rope_head_dim: int = spec(64, "MLA: per-head RoPE dimension", ge=0)
+    v_head_dim: int = spec(128, "MLA: per-head value dimension", ge=1)
+    num_dense_layers: int = spec(3, "leading layers with a dense FFN instead of experts", ge=0)
+    dense_intermediate_size: int = spec(18432, "FFN intermediate size of the dense layers", ge=1)
+    num_shared_experts: int = spec(1, "shared experts run by every token on its own rank", ge=0)
+    vocab_size: int = spec(129280, "vocabulary (LM head) size", ge=1)
+    dense_param_bytes: float = spec(1.0, "bytes per attention/dense weight", gt=0)
 
 
 @dataclass(frozen=True)
 class GpuConfig:
     """One accelerator: memory for expert weights and a roofline compute model."""
 
-    name: str = spec("h100_sxm", "GPU name")
+    name: str = spec("h100_sxm", "GPU name (conf/gpu/<name>.yaml)")
     memory_gib: float = spec(80.0, "HBM capacity, GiB", gt=0)
-    expert_memory_fraction: float = spec(0.5, "share of HBM for routed-expert weights", gt=0, le=1)
+    expert_memory_fraction: float = spec(0.55, "share of HBM for routed-expert weights", gt=0, le=1)
     peak_tflops: float = spec(989.0, "dense BF16/FP8-GEMM peak, TFLOP/s", gt=0)
     efficiency: float = spec(0.5, "achieved fraction of peak in grouped expert GEMMs", gt=0, le=1)
     hbm_tbyte_s: float = spec(3.35, "HBM bandwidth, TB/s", gt=0)
     kernel_overhead_us: float = spec(5.0, "fixed cost of one expert batch (launch, sync), us", ge=0)
+
+
+# --------------------------------------------------------------------------- serving
+@dataclass(frozen=True)
+class ServingConfig:
+    """How requests are served: the group's base; options are chosen by ``name``."""
+
+    name: str = spec("ep", "serving model")
+
+
+@dataclass(frozen=True)
+class RequestServingConfig(ServingConfig):
+    """The seed study's per-request model (:mod:`helios.sim.engine`); no keys of its own."""
+
+    name: str = spec("request", "serving model")
+
+
+@dataclass(frozen=True)
+class EpServingConfig(ServingConfig):
+    """Expert-parallel serving with data-parallel attention (:mod:`helios.sim.ep`)."""
+
+    dispatch: str = spec("per_node", "how dispatched tokens are counted",
+                         choices=("per_gpu", "per_node", "per_expert"))
+    overlap: str = spec("none", "two_batch: two micro-batches overlap communication and compute",
+                        choices=("none", "two_batch"))
+    dp_balance: str = spec("round_robin", "which attention rank a new request joins",
+                           choices=("round_robin", "shortest_queue"))
+    max_running_requests: int = spec(128, "requests in a rank's running batch, at most", ge=1)
+    max_batch_tokens: int = spec(8192, "tokens a rank runs in one step (decode + prefill chunk)", ge=1)
+    prompt_tokens: int = spec(1024, "mean prompt length, tokens", ge=1)
+    prompt_cv: float = spec(0.0, "coefficient of variation of prompt lengths (0 = fixed, "
+                                 "else lognormal)", ge=0)
+    output_tokens: int = spec(128, "mean output length, tokens", ge=1)
+    output_cv: float = spec(0.0, "coefficient of variation of output lengths (0 = fixed, "
+                                 "else lognormal)", ge=0)
+    length_clip: float = spec(8.0, "lognormal lengths are clipped to this x their mean", ge=1)
+    kv_memory_fraction: float = spec(0.2, "share of HBM for the KV cache of a rank", gt=0, lt=1)
+    kv_cache_bytes: float = spec(2.0, "bytes per KV-cache element (BF16=2, FP8=1)", gt=0)
+    ttft_slo_ms: float = spec(2000.0, "time-to-first-token objective, ms", gt=0)
+    tpot_slo_ms: float = spec(100.0, "time-per-output-token objective, ms", gt=0)
+
+
+SERVING: dict[str, type[ServingConfig]] = {
+    "ep": EpServingConfig,
+    "request": RequestServingConfig,
+}
 
 
 # --------------------------------------------------------------------------- scenario
@@ -194,8 +257,9 @@ class SimConfig:
     warmup_s: float = spec(0.05, "initial time excluded from the metrics, s", ge=0)
     window_s: float = spec(0.025, "width of a measurement window, s", gt=0)
     drain_s: float = spec(1.0, "extra time after arrivals stop to finish requests, s", ge=0)
-    layers: int = spec(2, "MoE layers simulated per request", ge=1)
-    slo_ms: float = spec(10.0, "request latency objective for goodput, ms", gt=0)
+    layers: typing.Optional[int] = spec(
+        None, "MoE layers simulated (None = all of model.num_moe_layers)", ge=1)
+    slo_ms: float = spec(10.0, "serving=request: request latency objective for goodput, ms", gt=0)
     chunk_kib: float = spec(512.0, "chunk size of link transfers, KiB", gt=0)
 
 
@@ -238,6 +302,7 @@ class CellConfig:
     topology: TopologyConfig = field(default_factory=FatTreeConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     gpu: GpuConfig = field(default_factory=GpuConfig)
+    serving: ServingConfig = field(default_factory=EpServingConfig)
     scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     sim: SimConfig = field(default_factory=SimConfig)
@@ -258,6 +323,7 @@ HIDDEN_AT_DEFAULT = ("fault",)
 GROUP_REGISTRIES: dict[str, Mapping[str, type]] = {
     "topology": TOPOLOGIES,
     "scenario": SCENARIOS,
+    "serving": SERVING,
 }
 
 
@@ -391,7 +457,7 @@ def check_consistency(cfg: CellConfig) -> None:
     if sim.window_s > sim.duration_s:
         raise ConfigError("sim.window_s", sim.window_s,
                           f"at most sim.duration_s ({sim.duration_s})")
-    if sim.layers > model.num_moe_layers:
+    if sim.layers is not None and sim.layers > model.num_moe_layers:
         raise ConfigError("sim.layers", sim.layers,
                           f"at most model.num_moe_layers ({model.num_moe_layers})")
     cfg.scenario.validate(cfg)
@@ -428,6 +494,11 @@ def _check_strategy_needs(cfg: CellConfig, num_gpus: int, slots: int) -> None:
     if "ilp" in params and cfg.strategy.ilp.solver == "highs" \
             and importlib.util.find_spec("highspy") is None:
         raise ConfigError("strategy.ilp.solver", "highs", "cbc (highspy is not installed)")
+
+
+def simulated_layers(cfg: CellConfig) -> int:
+    """MoE layers a cell simulates: ``sim.layers``, or every MoE layer of the model."""
+    return cfg.sim.layers if cfg.sim.layers is not None else cfg.model.num_moe_layers
 
 
 def topology_num_gpus(topo: TopologyConfig) -> int:

@@ -93,10 +93,13 @@ class TraceConfig(ScenarioConfig):
             raise ConfigError(key, self.trace_path,
                               f"a trace with expert ids < model.num_experts ({cell.model.num_experts}); "
                               f"it has expert id {experts - 1}")
-        if layers < cell.sim.layers:
+        from helios.config import simulated_layers
+
+        wanted = simulated_layers(cell)
+        if layers < wanted:
             raise ConfigError(key, self.trace_path,
-                              f"a trace with at least sim.layers ({cell.sim.layers}) layers; it has {layers}")
-        positive = (loads[:, :cell.sim.layers] > 0).sum(axis=2)
+                              f"a trace with at least sim.layers ({wanted}) layers; it has {layers}")
+        positive = (loads[:, :wanted] > 0).sum(axis=2)
         bad = np.argwhere(positive < cell.model.top_k)
         if len(bad):
             w, layer = bad[0]

@@ -39,7 +39,11 @@ from helios.workload import Request, Workload
 
 @dataclass
 class RequestRecord:
-    """One request's outcome (a row of the ``requests`` table)."""
+    """One request's outcome (a row of the ``requests`` table).
+
+    ``tokens`` is the request's batch (``serving=request``) or prompt (``serving=ep``);
+    ``home_gpu`` its home GPU or attention rank.
+    """
 
     rid: int
     arrival_s: float
@@ -47,6 +51,10 @@ class RequestRecord:
     latency_ms: float
     tokens: int
     home_gpu: int
+    # serving=ep (NaN / 0 in serving=request): time to first token, time per output token.
+    ttft_ms: float = float("nan")
+    tpot_ms: float = float("nan")
+    output_tokens: int = 0
 
 
 class GpuQueues:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+NAN = float("nan")
+
 from helios.sim.engine import Simulation
 
 
@@ -39,6 +41,28 @@ class CellMetrics:
     gpu_load_imbalance: float
     requests_measured: int
     requests_unfinished: int
+    # serving=ep figures (NaN in serving=request; see helios.sim.ep.metrics).
+    ttft_p50_ms: float = NAN
+    ttft_p90_ms: float = NAN
+    ttft_p99_ms: float = NAN
+    tpot_p50_ms: float = NAN
+    tpot_p90_ms: float = NAN
+    tpot_p99_ms: float = NAN
+    e2e_p50_ms: float = NAN
+    e2e_p90_ms: float = NAN
+    e2e_p99_ms: float = NAN
+    input_tok_s: float = NAN
+    output_tok_s: float = NAN
+    input_tok_s_per_gpu: float = NAN
+    output_tok_s_per_gpu: float = NAN
+    goodput_req_s: float = NAN
+    gpu_util_max: float = NAN
+    gpu_util_mean: float = NAN
+    step_ms_mean: float = NAN
+    step_ms_p99: float = NAN
+    straggler_ratio: float = NAN
+    balancedness: float = NAN
+    steps: float = NAN
 
 
 @dataclass
@@ -54,7 +78,7 @@ class WindowRecord:
     replication_bytes_in_flight: float
 
 
-def _percentiles(latencies: np.ndarray, qs: list[float]) -> list[float]:
+def percentiles(latencies: np.ndarray, qs: list[float]) -> list[float]:
     if len(latencies) == 0:
         return [float("nan")] * len(qs)
     with np.errstate(invalid="ignore"):
@@ -74,7 +98,7 @@ def cell_metrics(sim: Simulation) -> CellMetrics:
     start, end, slo = sim.start, sim.end, sim.cfg.slo_ms
     length = end - start
     lat = measured_latencies(sim)
-    p50, p90, p99 = _percentiles(lat, [50, 90, 99])
+    p50, p90, p99 = percentiles(lat, [50, 90, 99])
     done = [r for r in sim.records if start <= r.finish_s < end]
     tokens_done = sum(r.tokens for r in done)
     tokens_good = sum(r.tokens for r in done if r.latency_ms <= slo)

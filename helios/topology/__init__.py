@@ -5,7 +5,10 @@ server's NVSwitch node ``nvs{s}``; the NVSwitch node reaches the server's access
 switch (fat-tree edge switch or dragonfly router) through one link per direction
 whose bandwidth is ``nics_per_server * nic_bandwidth`` (the NICs are bonded).
 Intra-server traffic is gpu -> nvs -> gpu; inter-server traffic is
-gpu -> nvs -> access switch -> ... -> access switch -> nvs -> gpu.
+gpu -> nvs -> access switch -> ... -> access switch -> nvs -> gpu. With
+``nic_per_gpu`` every GPU instead has a NIC of its own to the access switch (as in
+DGX/HGX H100 servers, one 400G ConnectX-7 per GPU), and inter-server traffic is
+gpu -> access switch -> ... -> access switch -> gpu.
 
 Every direction of every link is its own ``networkx.DiGraph`` edge with a link id.
 A link's latency is the one-way time from entering the link until the node at its
@@ -40,6 +43,7 @@ def build(topo: Any, seed: int = 0) -> Cluster:
     Converts the config's units (GB/s, Gb/s, us) to bytes/s and seconds.
     """
     common = dict(gpus_per_server=topo.gpus_per_server, nics_per_server=topo.nics_per_server,
+                  nic_per_gpu=topo.nic_per_gpu,
                   nvlink_bandwidth=topo.nvlink_gbyte_s * 1e9,
                   nic_bandwidth=topo.nic_gbit_s * 1e9 / 8,
                   nvlink_latency=topo.nvlink_latency_us * 1e-6,

@@ -78,8 +78,11 @@ class GraphBuilder:
             for gpu in range(s * gps, (s + 1) * gps):
                 self.graph.add_node(f"gpu{gpu}", kind="gpu", server=s)
                 self.connect(f"gpu{gpu}", nvs, p["nvlink_bandwidth"], p["nvlink_latency"], "nvlink")
-            self.connect(nvs, switch, int(p["nics_per_server"]) * p["nic_bandwidth"],
-                         p["link_latency"], "nic")
+                if p.get("nic_per_gpu"):
+                    self.connect(f"gpu{gpu}", switch, p["nic_bandwidth"], p["link_latency"], "nic")
+            if not p.get("nic_per_gpu"):
+                self.connect(nvs, switch, int(p["nics_per_server"]) * p["nic_bandwidth"],
+                             p["link_latency"], "nic")
 
     def cluster(self, name: str, gps: int, num_servers: int, num_switches: int,
                 switch_route: SwitchRoute) -> Cluster:

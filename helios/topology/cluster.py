@@ -70,16 +70,31 @@ class Cluster:
     def __post_init__(self) -> None:
         self._link_id = {edge: i for i, edge in enumerate(self.links)}
         nodes = self.graph.nodes
-        access = [next(n for n in self.graph.successors(f"nvs{s}") if nodes[n]["kind"] == "switch")
+        def switch_of(node: str) -> str | None:
+            return next((n for n in self.graph.successors(node) if nodes[n]["kind"] == "switch"),
+                        None)
+
+        # A server reaches the network through its NVSwitch (bonded NICs), or each GPU
+        # through a NIC of its own (GPUDirect RDMA, one NIC per GPU).
+        self.nic_per_gpu = switch_of(f"nvs{0}") is None
+        access = [switch_of(f"gpu{s * self.gpus_per_server}" if self.nic_per_gpu else f"nvs{s}")
                   for s in range(self.num_servers)]
-        # First two and last two links of every inter-server route, per GPU.
-        self._up: list[tuple[int, int]] = []
-        self._down: list[tuple[int, int]] = []
+        # Links from a GPU to its access switch and back, and to / from its NVSwitch.
+        self._up: list[tuple[int, ...]] = []
+        self._down: list[tuple[int, ...]] = []
+        self._nv_up: list[int] = []
+        self._nv_down: list[int] = []
         for gpu in range(self.num_gpus):
             s = gpu // self.gpus_per_server
             gpu_node, nvs = f"gpu{gpu}", f"nvs{s}"
-            self._up.append((self._link_id[(gpu_node, nvs)], self._link_id[(nvs, access[s])]))
-            self._down.append((self._link_id[(access[s], nvs)], self._link_id[(nvs, gpu_node)]))
+            self._nv_up.append(self._link_id[(gpu_node, nvs)])
+            self._nv_down.append(self._link_id[(nvs, gpu_node)])
+            if self.nic_per_gpu:
+                self._up.append((self._link_id[(gpu_node, access[s])],))
+                self._down.append((self._link_id[(access[s], gpu_node)],))
+            else:
+                self._up.append((self._link_id[(gpu_node, nvs)], self._link_id[(nvs, access[s])]))
+                self._down.append((self._link_id[(access[s], nvs)], self._link_id[(nvs, gpu_node)]))
         self._access = access
         self._lat = self.link_latency.tolist()
         self._bw = self.link_bandwidth.tolist()
@@ -116,7 +131,7 @@ class Cluster:
         if src == dst:
             path: tuple[int, ...] = ()
         elif ss == ds:
-            path = (self._up[src][0], self._down[dst][1])
+            path = (self._nv_up[src], self._nv_down[dst])
         else:
             path = self._up[src] + self.switch_route(src, dst, ss, ds) + self._down[dst]
         self._routes[key] = path

@@ -45,7 +45,8 @@ def _global_cables(a: int, h: int, g: int) -> list[tuple[int, int, int, int]]:
 
 
 def dragonfly(a: int, p: int, h: int, g: int | None = None, *, gpus_per_server: int = 4,
-              nics_per_server: int = 1, nvlink_bandwidth: float = 450e9,
+              nics_per_server: int = 1, nic_per_gpu: bool = False,
+              nvlink_bandwidth: float = 450e9,
               nic_bandwidth: float = 50e9, local_bandwidth: float = 50e9,
               global_bandwidth: float = 50e9, nvlink_latency: float = 0.5e-6,
               link_latency: float = 1e-6, routing: str = "minimal", seed: int = 0) -> Cluster:
@@ -64,7 +65,7 @@ def dragonfly(a: int, p: int, h: int, g: int | None = None, *, gpus_per_server: 
         Routers per group, servers per router, global ports per router (each >= 1).
     g : int, optional
         Groups, ``2 <= g <= a*h+1``; default ``a*h+1`` (one cable per group pair).
-    gpus_per_server, nics_per_server, nvlink_bandwidth, nic_bandwidth : see fat_tree.
+    gpus_per_server, nics_per_server, nic_per_gpu, nvlink_bandwidth, nic_bandwidth : see fat_tree.
     local_bandwidth, global_bandwidth : float
         Per-direction bandwidth of one local link / one global cable, bytes/s.
     nvlink_latency, link_latency : float

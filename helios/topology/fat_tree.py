@@ -10,6 +10,7 @@ from helios.topology.cluster import Cluster, flow_hash
 
 
 def fat_tree(k: int, *, gpus_per_server: int = 4, nics_per_server: int = 1,
+             nic_per_gpu: bool = False,
              nvlink_bandwidth: float = 450e9, nic_bandwidth: float = 50e9,
              fabric_bandwidth: float = 50e9, nvlink_latency: float = 0.5e-6,
              link_latency: float = 1e-6, seed: int = 0) -> Cluster:
@@ -27,6 +28,10 @@ def fat_tree(k: int, *, gpus_per_server: int = 4, nics_per_server: int = 1,
         Switch radix, an even integer >= 2 (k=2 is a degenerate two-server tree).
     gpus_per_server, nics_per_server : int
         Server shape; the server uplink is ``nics_per_server * nic_bandwidth``.
+    nic_per_gpu : bool
+        If true, every GPU has a NIC of its own (``nic_bandwidth``) to the edge switch,
+        as in DGX/HGX H100 servers with GPUDirect RDMA, and ``nics_per_server`` is
+        ignored; GPUs of one server still talk over the NVSwitch.
     nvlink_bandwidth, nic_bandwidth, fabric_bandwidth : float
         Per-direction bandwidths, bytes/s (H100 NVLink4 450e9; a 400 Gb/s NIC 50e9).
     nvlink_latency, link_latency : float

@@ -1,0 +1,297 @@
+"""``serving=ep``: data-parallel attention ranks with continuous batching and expert parallelism.
+
+Model (how SGLang, vLLM and DeepSeek serve MoE with DP attention + EP MoE):
+
+* **Requests** arrive by the scenario's process (Poisson, bursty, trace rate). Each has
+  a prompt and an output length, fixed or lognormal with a given mean and CV
+  (clipped to ``length_clip`` x the mean), drawn at arrival from the cell's size
+  stream. It joins one attention rank (every GPU is one): ``round_robin`` in arrival
+  order, or ``shortest_queue`` (fewest waiting + running requests, lowest rank on ties),
+  as SGLang's DP load balancer offers.
+* **Scheduler**: continuous batching with chunked prefill on every rank
+  (:mod:`helios.sim.ep.scheduler`); KV-cache memory per rank bounds admission.
+* **Steps** are global: all ranks start step ``s + 1`` when the last rank has finished
+  step ``s``, as DP-attention ranks synchronise their batches at the start of every
+  forward pass (each rank must join every layer's dispatch and combine, idle ranks with
+  an empty batch). A step simulates the dense layers, every simulated MoE layer
+  (attention + shared experts, dispatch, one grouped GEMM per rank, combine;
+  :mod:`helios.sim.ep.step`) and the LM head, with roofline compute times
+  (:mod:`helios.sim.ep.roofline`). The gate draws the top-k experts of every token
+  of the batch from the layer's popularity at the step's start (cell gate stream).
+* **Replicas**: a token goes to one replica of each chosen expert: the nearest one by
+  unloaded path latency from its rank (``strategy.routing=nearest``) or the next in
+  turn (``round_robin``, token by token).
+* **Network**: the step's messages go through the compiled FIFO-link kernel
+  (:mod:`helios.sim.kernel`), exactly the link model of ``serving=request``; link
+  queues persist across steps. SimPy sees one event per step: a step's tasks are
+  resolved inside the kernel, which is exact because nothing else uses the network
+  while a step runs (weight copies of dynamic strategies are not modelled in this
+  serving model yet).
+
+What it leaves out: scheduler CPU time between steps, CUDA-graph padding, preemption
+(KV is reserved for the whole request at admission), and prefix caching.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import simpy
+
+from helios.config import GIB, CellConfig
+from helios.placement.base import Placement
+from helios.sim.adaptation.base import route_table
+from helios.sim.ep.roofline import step_costs
+from helios.sim.ep.scheduler import Batch, RankScheduler, ServedRequest
+from helios.sim.ep.step import StepBuilder, layer_traffic
+from helios.sim.kernel import run_graph
+from helios.workload import Workload, sample_top_k
+
+
+@dataclass
+class StepRecord:
+    """One step: when it ran, its tokens and its slowest and mean rank."""
+
+    start_s: float
+    end_s: float
+    tokens: int
+    prefill_tokens: int
+    decode_tokens: int
+    output_tokens: int
+    gemm_max_s: float
+    gemm_mean_s: float
+
+
+def kv_budget_tokens(cfg: CellConfig) -> int:
+    """Tokens of KV cache one rank holds."""
+    costs = step_costs(cfg.model, cfg.gpu, cfg.serving)
+    budget = cfg.serving.kv_memory_fraction * cfg.gpu.memory_gib * GIB
+    return int(budget // costs.kv_bytes_per_token)
+
+
+def longest_request(serving: Any) -> int:
+    """Most KV tokens one request can reserve (prompt + output at their largest)."""
+    def most(mean: int, cv: float) -> int:
+        return mean if cv == 0 else int(np.ceil(serving.length_clip * mean))
+    return most(serving.prompt_tokens, serving.prompt_cv) + most(serving.output_tokens,
+                                                                 serving.output_cv)
+
+
+class EpSimulation:
+    """One cell of ``serving=ep``.
+
+    Parameters
+    ----------
+    cluster : helios.topology.Cluster
+    cfg : CellConfig
+    placement : Placement
+    workload : Workload
+        Arrivals, the popularity over time and the cell's random streams.
+    """
+
+    def __init__(self, cluster: Any, cfg: CellConfig, placement: Placement,
+                 workload: Workload) -> None:
+        self.env = simpy.Environment()
+        self.cluster, self.cfg, self.workload = cluster, cfg, workload
+        self.serving, self.sim_cfg = cfg.serving, cfg.sim
+        self.num_gpus, self.layers = cluster.num_gpus, len(placement.replicas)
+        self.num_experts, self.top_k = cfg.model.num_experts, cfg.model.top_k
+        self.start, self.end = cfg.sim.warmup_s, cfg.sim.duration_s
+        self.horizon = cfg.sim.duration_s + cfg.sim.drain_s
+        self.costs = step_costs(cfg.model, cfg.gpu, cfg.serving)
+        self.builder = StepBuilder(cluster.num_gpus, cluster.gpus_per_server, cfg.serving.dispatch,
+                                   cfg.model.hidden_size * cfg.model.dispatch_bytes,
+                                   cfg.model.hidden_size * cfg.model.combine_bytes)
+        self._replica_tables(placement, cfg.strategy.routing)
+        kv_tokens = kv_budget_tokens(cfg)
+        self.ranks = [RankScheduler(r, cfg.serving.max_running_requests,
+                                    cfg.serving.max_batch_tokens, kv_tokens)
+                      for r in range(self.num_gpus)]
+        self._network_state()
+        self.requests: list[ServedRequest] = []
+        self.steps: list[StepRecord] = []
+        self.pairs_per_gpu = np.zeros((self.layers, self.num_gpus))
+        """Token-expert pairs computed per (layer, GPU) in steps that started in the interval."""
+        self.gemm_busy = np.zeros(self.num_gpus)
+        """Grouped-GEMM seconds per rank in steps that started in the interval."""
+        self.window_expert_pairs = np.zeros((self.layers, self.num_experts))
+        self.pairs_dispatched = 0
+        self.pairs_computed = 0
+        self.network_bytes = 0.0
+        self.kernel_tasks = 0
+        self.cross_server_bytes = 0.0
+        self.running_samples: list[tuple[float, int]] = []
+        """(time, running requests over all ranks) at the start of every step."""
+        self._idle: simpy.Event | None = None
+        self._next_rank = 0
+        self.env.process(self._arrivals())
+        self.env.process(self._steps())
+
+    # ------------------------------------------------------------------ setup
+    def _replica_tables(self, placement: Placement, routing: str) -> None:
+        """Per layer: the replica each (rank, expert) uses (nearest), or the replica list."""
+        G, E = self.num_gpus, self.num_experts
+        width = max(len(g) for layer in placement.replicas for g in layer)
+        self.replica_table = np.zeros((self.layers, E, width), dtype=np.int64)
+        self.replica_count = np.zeros((self.layers, E), dtype=np.int64)
+        for l, layer in enumerate(placement.replicas):
+            for e, gpus in enumerate(layer):
+                self.replica_table[l, e, :] = gpus[0]
+                self.replica_table[l, e, :len(gpus)] = gpus
+                self.replica_count[l, e] = len(gpus)
+        self.routing = routing
+        if routing == "nearest":
+            nbytes = self.cfg.model.hidden_size * self.cfg.model.dispatch_bytes
+            lat = np.array([[self.cluster.path_latency(s, d, nbytes) for d in range(G)]
+                            for s in range(G)])
+            cand = self.replica_table  # (L, E, R)
+            valid = np.arange(width)[None, None, :] < self.replica_count[:, :, None]
+            # cost[l, s, e, r]; ties go to the lowest GPU id, as the request model's router.
+            cost = lat[:, cand] * 1e6 + cand[None] * 1e-9
+            cost = np.where(valid[None], cost, np.inf)
+            best = np.argmin(cost, axis=3)  # (G, L, E)
+            self.nearest = np.take_along_axis(cand[None], best[..., None], axis=3)[..., 0]
+            self.nearest = self.nearest.transpose(1, 0, 2).copy()  # (L, G, E)
+
+    def _network_state(self) -> None:
+        c = self.cluster
+        self.routes = route_table(c)
+        self.route_len = (self.routes < c.num_links).sum(axis=2).astype(np.int64)
+        self.inv_bw = 1.0 / c.link_bandwidth
+        self.latency = c.link_latency.astype(float)
+        self.chunk = float(self.sim_cfg.chunk_kib * 1024)
+        self.window = self.sim_cfg.window_s
+        windows = int(np.ceil(self.horizon / self.window)) + 1
+        self.link_free = np.zeros(c.num_links)
+        self.gpu_free = np.zeros(self.num_gpus)
+        self.link_win = np.zeros((windows, c.num_links))
+        self.gpu_win = np.zeros((windows, self.num_gpus))
+        self.link_meas = np.zeros(c.num_links)
+        self.gpu_meas = np.zeros(self.num_gpus)
+        self.link_bytes = np.zeros(c.num_links)
+
+    # ------------------------------------------------------------------ requests
+    def _length(self, rng: np.random.Generator, mean: int, cv: float) -> int:
+        if cv == 0:
+            return mean
+        sigma2 = np.log1p(cv * cv)
+        value = rng.lognormal(np.log(mean) - sigma2 / 2, np.sqrt(sigma2))
+        return int(min(max(1, round(value)), np.ceil(self.serving.length_clip * mean)))
+
+    def _arrivals(self):
+        rng = self.workload._size_rng
+        s = self.serving
+        for rid, t in enumerate(self.workload.arrival_times()):
+            yield self.env.timeout(t - self.env.now)
+            prompt = self._length(rng, s.prompt_tokens, s.prompt_cv)
+            output = self._length(rng, s.output_tokens, s.output_cv)
+            if s.dp_balance == "round_robin":
+                rank = self._next_rank
+                self._next_rank = (rank + 1) % self.num_gpus
+            else:
+                rank = min(range(self.num_gpus), key=lambda r: (self.ranks[r].load(), r))
+            req = ServedRequest(rid, t, rank, prompt, output)
+            self.requests.append(req)
+            self.ranks[rank].add(req)
+            if self._idle is not None and not self._idle.triggered:
+                self._idle.succeed()
+
+    # ------------------------------------------------------------------ steps
+    def _steps(self):
+        while self.env.now < self.horizon:
+            batches = [r.form_batch() for r in self.ranks]
+            if not any(b.tokens for b in batches):
+                self._idle = self.env.event()
+                yield self._idle
+                continue
+            self.running_samples.append((self.env.now, sum(len(r.running) for r in self.ranks)))
+            duration = self._run_step(batches)
+            yield self.env.timeout(duration)
+            for rank, batch in zip(self.ranks, batches):
+                rank.finish_step(batch, self.env.now)
+
+    def _split(self, batches: list[Batch]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per micro-batch: tokens and context sum per rank."""
+        tokens = np.array([b.tokens for b in batches], dtype=float)
+        context = np.array([b.context for b in batches])
+        if self.serving.overlap == "none":
+            return [(tokens, context)]
+        first = np.ceil(tokens / 2)
+        share = np.divide(first, tokens, out=np.zeros_like(tokens), where=tokens > 0)
+        return [(first, context * share), (tokens - first, context * (1 - share))]
+
+    def _gate(self, tokens: np.ndarray, popularity: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+        """Per layer: (src rank, serving GPU, expert) of every token-expert pair of a micro-batch."""
+        src = np.repeat(np.arange(self.num_gpus), tokens.astype(np.int64))
+        count = src.size
+        out = []
+        rng = self.workload._gate_rng
+        for l in range(self.layers):
+            if count == 0:
+                empty = np.zeros((0, self.top_k), dtype=np.int64)
+                out.append((src, empty, empty))
+                continue
+            experts = sample_top_k(popularity[l], count, self.top_k, rng)
+            if self.routing == "nearest":
+                gpu = self.nearest[l][src[:, None], experts]
+            else:
+                turn = (np.arange(count)[:, None] + np.arange(self.top_k)[None, :])
+                gpu = self.replica_table[l][experts, turn % self.replica_count[l][experts]]
+            out.append((src, gpu, experts))
+        return out
+
+    def _run_step(self, batches: list[Batch]) -> float:
+        now = self.env.now
+        measured = self.start <= now < self.end
+        popularity = self.workload.scenario.popularity(now)
+        G, E = self.num_gpus, self.num_experts
+        attn, gemm, traffic = [], [], []
+        gemm_total = np.zeros(G)
+        for tokens, context in self._split(batches):
+            attn.append([self.costs.attention(tokens, context)] * self.layers)
+            layer_gemm, layer_traffic_ = [], []
+            for l, (src, gpu, experts) in enumerate(self._gate(tokens, popularity)):
+                t = layer_traffic(src, gpu, experts, G, self.cluster.gpus_per_server, E)
+                layer_traffic_.append(t)
+                secs = self.costs.grouped_gemm(t.pairs, t.active)
+                layer_gemm.append(secs)
+                gemm_total += secs
+                self.pairs_dispatched += experts.size
+                self.pairs_computed += int(t.pairs.sum())
+                np.add.at(self.window_expert_pairs[l], experts.ravel(), 1)
+                if measured:
+                    self.pairs_per_gpu[l] += t.pairs
+                cross = self.cluster.gpu_server[:, None] != self.cluster.gpu_server[None, :]
+                self.cross_server_bytes += float(
+                    (t.per_gpu * cross).sum() * (self.builder.db + self.builder.cb))
+            gemm.append(layer_gemm)
+            traffic.append(layer_traffic_)
+        tokens_all = np.array([b.tokens for b in batches], dtype=float)
+        context_all = np.array([b.context for b in batches])
+        dense = self.costs.dense_layers(tokens_all, context_all)
+        head = self.costs.head(np.array([b.sampling for b in batches], dtype=float))
+        plan = self.builder.build(now, dense, attn, gemm, traffic, head)
+        self.network_bytes += plan.network_bytes
+        arrays = plan.graph.arrays()
+        self.kernel_tasks += arrays[0].size
+        finish = run_graph(*arrays, self.routes, self.route_len, self.inv_bw, self.latency,
+                           self.chunk, self.link_free, self.gpu_free, self.link_win,
+                           self.link_meas, self.link_bytes, self.gpu_win, self.gpu_meas,
+                           self.window, self.start, self.end)
+        end = float(finish[plan.tail].max())
+        if measured:
+            self.gemm_busy += gemm_total
+        self.steps.append(StepRecord(
+            now, end, int(tokens_all.sum()),
+            sum(n for b in batches for _, n in b.prefill), sum(len(b.decode) for b in batches),
+            sum(b.sampling for b in batches),
+            float(gemm_total.max()), float(gemm_total.mean())))
+        return end - now
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> "EpSimulation":
+        """Run to the horizon; returns ``self``."""
+        self.env.run(until=self.horizon)
+        return self

@@ -1,0 +1,198 @@
+"""One serving step as a task graph: per MoE layer a dispatch, a grouped GEMM, a combine.
+
+For every rank ``r`` (a GPU; all ranks take part in every step, as DP-attention ranks
+do, idle ones with an empty batch) and every simulated MoE layer ``l``:
+
+* ``attn[l, r]`` (compute on ``r``): attention and shared experts of ``r``'s batch;
+  it waits for ``r``'s previous layer: every combine message into ``r`` and ``r``'s
+  own GEMM (layer 0 waits for the dense layers);
+* **dispatch** messages carry ``r``'s tokens to the GPUs serving their experts, each
+  waiting for ``attn[l, r]``. ``serving.dispatch`` counts them:
+  ``per_gpu``: one copy per (token, destination GPU);
+  ``per_expert``: one copy per (token, expert), as DeepEP's low-latency kernels;
+  ``per_node``: as DeepEP's normal kernels, one RDMA copy per (token, destination
+  server) to the GPU of that server with ``r``'s local index, which forwards one copy
+  per (token, destination GPU) over NVLink; GPUs of ``r``'s own server get theirs
+  over NVLink directly;
+* ``gemm[l, j]`` (compute on ``j``): one grouped GEMM over everything ``j``
+  received; it waits for all of ``j``'s incoming dispatch messages and ``attn[l, j]``;
+* **combine** messages send the results back by the reverse routes (``per_node``:
+  NVLink to the relay GPU, which sends one RDMA copy per token and server), each
+  waiting for the GEMM that produced it.
+
+No barrier is added: a GEMM waits for its inputs, a layer for its combines, so the
+slowest rank paces everyone. With ``serving.overlap=two_batch`` every rank's batch is
+split into two micro-batches with their own chains of tasks; both share the rank's
+GPU (tasks run in the order they become ready), so one micro-batch's communication
+proceeds while the other computes (DeepSeek's two-micro-batch overlap). A step ends
+when every rank has run its LM head after its last combine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from helios.sim.kernel import TaskGraph
+
+
+@dataclass
+class LayerTraffic:
+    """Token counts of one micro-batch in one MoE layer.
+
+    ``per_gpu[r, j]``: tokens of rank ``r`` that need GPU ``j`` (one copy each);
+    ``per_expert[r, j]``: token-expert pairs of ``r`` served on ``j``;
+    ``per_node[r, n]``: tokens of ``r`` that need server ``n``;
+    ``pairs[j]`` and ``active[j]``: pairs and distinct experts GPU ``j`` computes.
+    """
+
+    per_gpu: np.ndarray
+    per_expert: np.ndarray
+    per_node: np.ndarray
+    pairs: np.ndarray
+    active: np.ndarray
+
+
+def layer_traffic(src: np.ndarray, gpu: np.ndarray, expert: np.ndarray, num_gpus: int,
+                  gpus_per_server: int, num_experts: int) -> LayerTraffic:
+    """Count one layer's traffic.
+
+    Parameters
+    ----------
+    src : int array, shape (T,)
+        Rank of each token.
+    gpu, expert : int arrays, shape (T, k)
+        GPU serving each of the token's experts, and the expert.
+    """
+    G, k = num_gpus, gpu.shape[1]
+    nodes = G // gpus_per_server
+    pair = src[:, None] * G + gpu
+    per_expert = np.bincount(pair.ravel(), minlength=G * G).reshape(G, G)
+    per_gpu = np.bincount(_distinct(pair, pad=G * G).ravel(), minlength=G * G + 1)[:G * G].reshape(G, G)
+    node_pair = src[:, None] * nodes + gpu // gpus_per_server
+    per_node = np.bincount(_distinct(node_pair, pad=G * nodes).ravel(),
+                           minlength=G * nodes + 1)[:G * nodes].reshape(G, nodes)
+    served = np.bincount((gpu * num_experts + expert).ravel(), minlength=G * num_experts)
+    served = served.reshape(G, num_experts)
+    return LayerTraffic(per_gpu, per_expert, per_node, served.sum(axis=1),
+                        (served > 0).sum(axis=1))
+
+
+def _distinct(keys: np.ndarray, pad: int) -> np.ndarray:
+    """Each row's keys with repeats replaced by ``pad`` (a value no key takes)."""
+    if keys.shape[1] <= 1:
+        return keys
+    ranked = np.sort(keys, axis=1)
+    out = ranked.copy()
+    out[:, 1:][ranked[:, 1:] == ranked[:, :-1]] = pad
+    return out
+
+
+@dataclass
+class StepPlan:
+    """The task graph of a step and the ids needed to read its results."""
+
+    graph: TaskGraph
+    tail: np.ndarray
+    """LM-head task per rank: the step ends when all are done."""
+    network_bytes: float
+    """Bytes of all messages between different GPUs (dispatch, forward, combine)."""
+
+
+class StepBuilder:
+    """Builds a step's task graph from per-layer traffic and compute times.
+
+    Parameters
+    ----------
+    num_gpus, gpus_per_server : int
+    dispatch : str
+        ``per_gpu``, ``per_node`` or ``per_expert``.
+    dispatch_token_bytes, combine_token_bytes : float
+        Bytes of one token's hidden vector sent out and back.
+    """
+
+    def __init__(self, num_gpus: int, gpus_per_server: int, dispatch: str,
+                 dispatch_token_bytes: float, combine_token_bytes: float) -> None:
+        self.G, self.gps, self.dispatch = num_gpus, gpus_per_server, dispatch
+        self.db, self.cb = dispatch_token_bytes, combine_token_bytes
+        self.ranks = np.arange(num_gpus)
+        self.node = self.ranks // gpus_per_server
+        self.local = self.ranks % gpus_per_server
+
+    def build(self, start: float, dense_s: np.ndarray, attn_s: list[list[np.ndarray]],
+              gemm_s: list[list[np.ndarray]], traffic: list[list[LayerTraffic]],
+              head_s: np.ndarray) -> StepPlan:
+        """Graph of a step starting at ``start``.
+
+        ``attn_s[m][l]``, ``gemm_s[m][l]`` (shape (G,)) and ``traffic[m][l]`` are per
+        micro-batch ``m`` and layer ``l``; ``dense_s`` and ``head_s`` per rank.
+        """
+        graph = TaskGraph()
+        pre = graph.compute(self.ranks, dense_s, start)
+        tail = graph.compute(self.ranks, head_s)
+        self.network_bytes = 0.0
+        for m in range(len(attn_s)):
+            before, before_rank = pre, self.ranks
+            for l in range(len(attn_s[m])):
+                attn = graph.compute(self.ranks, attn_s[m][l])
+                graph.edges(before, attn[before_rank])
+                gemm = graph.compute(self.ranks, gemm_s[m][l])
+                graph.edges(attn, gemm)
+                before, before_rank = self._exchange(graph, attn, gemm, traffic[m][l])
+            graph.edges(before, tail[before_rank])
+        return StepPlan(graph, tail, self.network_bytes)
+
+    def _messages(self, graph: TaskGraph, src, dst, tokens, token_bytes) -> np.ndarray:
+        nbytes = tokens * token_bytes
+        self.network_bytes += float(nbytes[src != dst].sum())
+        return graph.message(src, dst, nbytes)
+
+    def _exchange(self, graph: TaskGraph, attn: np.ndarray, gemm: np.ndarray,
+                  t: LayerTraffic) -> tuple[np.ndarray, np.ndarray]:
+        """Dispatch and combine of one layer; returns (tasks, their ranks) the next layer waits for."""
+        if self.dispatch != "per_node":
+            counts = t.per_expert if self.dispatch == "per_expert" else t.per_gpu
+            r, j = np.nonzero(counts)
+            remote = r != j
+            r, j = r[remote], j[remote]
+            n = counts[r, j]
+            out = self._messages(graph, r, j, n, self.db)
+            graph.edges(attn[r], out)
+            graph.edges(out, gemm[j])
+            back = self._messages(graph, j, r, n, self.cb)
+            graph.edges(gemm[j], back)
+            return np.concatenate([back, gemm]), np.concatenate([r, self.ranks])
+        return self._exchange_per_node(graph, attn, gemm, t)
+
+    def _exchange_per_node(self, graph, attn, gemm, t: LayerTraffic):
+        G, node = self.G, self.node
+        # RDMA copies to the relay GPU (same local index) of every other server.
+        r, n = np.nonzero(t.per_node)
+        remote = n != node[r]
+        r, n = r[remote], n[remote]
+        relay = n * self.gps + self.local[r]
+        rdma = self._messages(graph, r, relay, t.per_node[r, n], self.db)
+        graph.edges(attn[r], rdma)
+        rdma_id = np.full((G, G // self.gps), -1, dtype=np.int64)
+        rdma_id[r, n] = rdma
+        # Per destination GPU: NVLink from the relay (other servers) or from r (own server).
+        r2, j = np.nonzero(t.per_gpu)
+        keep = r2 != j
+        r2, j = r2[keep], j[keep]
+        cross = node[j] != node[r2]
+        via = np.where(cross, node[j] * self.gps + self.local[r2], r2)
+        nvl = self._messages(graph, via, j, t.per_gpu[r2, j], self.db)
+        graph.edges(rdma_id[r2[cross], node[j[cross]]], nvl[cross])
+        graph.edges(attn[r2[~cross]], nvl[~cross])
+        graph.edges(nvl, gemm[j])
+        # Combine: NVLink back to the relay, then one RDMA copy per token and server.
+        nvl_back = self._messages(graph, j, via, t.per_gpu[r2, j], self.cb)
+        graph.edges(gemm[j], nvl_back)
+        rdma_back = self._messages(graph, relay, r, t.per_node[r, n], self.cb)
+        back_id = np.full((G, G // self.gps), -1, dtype=np.int64)
+        back_id[r, n] = rdma_back
+        graph.edges(nvl_back[cross], back_id[r2[cross], node[j[cross]]])
+        ends = np.concatenate([rdma_back, nvl_back[~cross], gemm])
+        ranks = np.concatenate([r, r2[~cross], self.ranks])
+        return ends, ranks

@@ -1,0 +1,308 @@
+"""Compiled event loop of one serving step: FIFO link queues, FIFO GPUs and a task graph.
+
+A step of expert-parallel serving is a directed acyclic graph of *tasks*:
+
+* a **compute** task runs on one GPU for a fixed time; a GPU runs its tasks one at a
+  time, in the order they became ready (a FIFO queue, like a CUDA stream);
+* a **message** task moves ``nbytes`` from GPU ``src`` to GPU ``dst`` over the
+  cluster's route with exactly the link model of :mod:`helios.sim.network`: the
+  message is cut into chunks of at most ``chunk_bytes``; a chunk that reaches link
+  ``l`` at ``t`` starts at ``max(t, free_at[l])``, occupies the link for
+  ``size / bandwidth[l]`` and reaches the next node ``latency[l]`` later (store and
+  forward per chunk, so chunks pipeline across hops). It is done when its last chunk
+  arrives. A message to the same GPU, or of zero bytes, is done at once.
+
+A task starts when all its predecessors are done (and not before its own
+``start`` time). The loop handles events in simulated-time order; equal times go in
+the order the events were scheduled, which is SimPy's rule, so a graph of messages
+with given start times gives the very delivery times of
+:class:`helios.sim.network.Network` (``tests/test_kernel.py`` checks this on
+recorded traffic). Link and GPU states (``free_at``) persist across calls: a step
+starts on the links as the previous one (and any weight copy) left them.
+
+The loop runs under numba (``cache=True``: one compilation per machine); the same
+function runs as plain Python with :data:`run_graph_py` (slow; for tests and for
+machines without numba).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+try:  # numba is a pinned dependency; the fallback keeps the reference importable anywhere
+    import numba
+
+    _njit = numba.njit(cache=True, nogil=True)
+except ImportError:  # pragma: no cover
+    numba = None
+
+    def _njit(fn):
+        return fn
+
+COMPUTE, MESSAGE = 0, 1
+_START, _HOP, _DONE = 0, 1, 2
+
+
+@_njit
+def _meter(busy_win, busy_meas, col, begin, finish, window, mstart, mend):
+    """Add busy time ``[begin, finish)`` of column ``col`` to the window and interval sums."""
+    if finish > mstart and begin < mend:
+        busy_meas[col] += min(finish, mend) - max(begin, mstart)
+    nwin = busy_win.shape[0]
+    finish = min(finish, nwin * window)
+    if begin >= finish:
+        return
+    w = int(begin / window)
+    while w < nwin:
+        edge = (w + 1) * window
+        if finish <= edge:
+            busy_win[w, col] += finish - begin
+            return
+        busy_win[w, col] += edge - begin
+        begin = edge
+        w += 1
+
+
+@_njit
+def _push(ht, hs, hp, n, t, seq, payload):
+    """Insert an event into the binary min-heap of (time, seq); returns the new size."""
+    i = n
+    while i > 0:
+        parent = (i - 1) >> 1
+        pt = ht[parent]
+        if pt < t or (pt == t and hs[parent] < seq):
+            break
+        ht[i], hs[i], hp[i] = pt, hs[parent], hp[parent]
+        i = parent
+    ht[i], hs[i], hp[i] = t, seq, payload
+    return n + 1
+
+
+@_njit
+def _pop(ht, hs, hp, n):
+    """Remove the root of the heap (the caller has read it); returns the new size."""
+    n -= 1
+    t, seq, payload = ht[n], hs[n], hp[n]
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= n:
+            break
+        right = child + 1
+        if right < n and (ht[right] < ht[child] or (ht[right] == ht[child] and hs[right] < hs[child])):
+            child = right
+        if t < ht[child] or (t == ht[child] and seq < hs[child]):
+            break
+        ht[i], hs[i], hp[i] = ht[child], hs[child], hp[child]
+        i = child
+    if n > 0:
+        ht[i], hs[i], hp[i] = t, seq, payload
+    return n
+
+
+# An event's payload packs (task, hop, last-chunk flag, event kind) into one int64.
+_HOP_BITS, _HOP_SHIFT, _LAST_SHIFT, _OP_SHIFT = 0x3FF, 2, 12, 13
+
+
+@_njit
+def _pack(op, hop, last, ev):
+    return (op << _OP_SHIFT) | (last << _LAST_SHIFT) | (hop << _HOP_SHIFT) | ev
+
+
+def _run_graph(kind, a, b, value, start, deps, succ_ptr, succ_idx, routes, route_len,
+               inv_bw, latency, chunk, link_free, gpu_free, link_win, link_meas, link_bytes,
+               gpu_win, gpu_meas, window, mstart, mend):
+    """Run the task graph; returns each task's finish time (``inf`` if never started).
+
+    Parameters
+    ----------
+    kind : int8[n]
+        :data:`COMPUTE` or :data:`MESSAGE` per task.
+    a, b : int64[n]
+        Compute: GPU, unused. Message: source and destination GPU.
+    value : float64[n]
+        Compute: seconds. Message: bytes.
+    start : float64[n]
+        Earliest start of each task.
+    deps : int64[n]
+        Number of predecessors (modified in place).
+    succ_ptr, succ_idx : int64[n+1], int64[m]
+        Successors of task ``i`` are ``succ_idx[succ_ptr[i]:succ_ptr[i+1]]``.
+    routes, route_len : int64[G, G, H], int64[G, G]
+        Link ids of every GPU pair's route (at most 1023 hops) and its length.
+    inv_bw, latency : float64[L]
+        Per link: seconds per byte, and propagation + switching delay.
+    chunk : float
+        Bytes per chunk.
+    link_free, gpu_free : float64[L], float64[G]
+        Time each link / GPU is next free (read and updated).
+    link_win, gpu_win : float64[W, L], float64[W, G]
+        Busy seconds per window (added to).
+    link_meas, gpu_meas, link_bytes : float64[L], float64[G], float64[L]
+        Busy seconds inside ``[mstart, mend)`` and bytes carried (added to).
+
+    Event times are computed as SimPy computes them (``now + (when - now)``), so
+    that equal inputs give bit-equal times.
+    """
+    n = kind.shape[0]
+    finish = np.full(n, np.inf)
+    chunks_left = np.zeros(n, dtype=np.int64)
+    rest_of = np.zeros(n)
+    cap = 1024
+    for i in range(n):
+        if kind[i] == MESSAGE:
+            cap += int(np.ceil(value[i] / chunk)) + 1
+        else:
+            cap += 1
+    ht = np.empty(cap)
+    hs = np.empty(cap, dtype=np.int64)
+    hp = np.empty(cap, dtype=np.int64)
+    size_h = 0
+    seq = 0
+    for i in range(n):
+        if deps[i] == 0:
+            size_h = _push(ht, hs, hp, size_h, start[i], seq, _pack(i, 0, 0, _START))
+            seq += 1
+    while size_h > 0:
+        now, payload = ht[0], hp[0]
+        size_h = _pop(ht, hs, hp, size_h)
+        ev = payload & 3
+        hop = (payload >> _HOP_SHIFT) & _HOP_BITS
+        op = payload >> _OP_SHIFT
+        if ev == _START:
+            if kind[op] == COMPUTE:
+                g = a[op]
+                begin = gpu_free[g] if gpu_free[g] > now else now
+                end = begin + value[op]
+                gpu_free[g] = end
+                if end > begin:
+                    _meter(gpu_win, gpu_meas, g, begin, end, window, mstart, mend)
+                size_h = _push(ht, hs, hp, size_h, now + (end - now), seq, _pack(op, 0, 0, _DONE))
+                seq += 1
+                continue
+            src, dst, nbytes = a[op], b[op], value[op]
+            if src == dst or nbytes <= 0.0 or route_len[src, dst] == 0:
+                size_h = _push(ht, hs, hp, size_h, now, seq, _pack(op, 0, 0, _DONE))
+                seq += 1
+                continue
+            full = np.floor(nbytes / chunk)
+            rest = nbytes - full * chunk
+            count = int(full) + (1 if rest > 0.0 else 0)
+            chunks_left[op] = count
+            rest_of[op] = rest if rest > 0.0 else chunk
+            link = routes[src, dst, 0]
+            for c in range(count):
+                last = 1 if c == count - 1 else 0
+                csize = rest_of[op] if last else chunk
+                free = link_free[link]
+                begin = free if free > now else now
+                end = begin + csize * inv_bw[link]
+                link_free[link] = end
+                link_bytes[link] += csize
+                _meter(link_win, link_meas, link, begin, end, window, mstart, mend)
+                size_h = _push(ht, hs, hp, size_h, now + (end + latency[link] - now), seq,
+                               _pack(op, 1, last, _HOP))
+                seq += 1
+            continue
+        if ev == _HOP:
+            src, dst = a[op], b[op]
+            if hop == route_len[src, dst]:
+                chunks_left[op] -= 1
+                if chunks_left[op] > 0:
+                    continue
+                # The last chunk is in: the message is done now (no extra event, as in SimPy).
+            else:
+                last = (payload >> _LAST_SHIFT) & 1
+                size = rest_of[op] if last else chunk
+                link = routes[src, dst, hop]
+                free = link_free[link]
+                begin = free if free > now else now
+                end = begin + size * inv_bw[link]
+                link_free[link] = end
+                link_bytes[link] += size
+                _meter(link_win, link_meas, link, begin, end, window, mstart, mend)
+                size_h = _push(ht, hs, hp, size_h, now + (end + latency[link] - now), seq,
+                               _pack(op, hop + 1, last, _HOP))
+                seq += 1
+                continue
+        # The task is done at `now`: release its successors.
+        finish[op] = now
+        for j in range(succ_ptr[op], succ_ptr[op + 1]):
+            nxt = succ_idx[j]
+            deps[nxt] -= 1
+            if deps[nxt] == 0:
+                t0 = start[nxt] if start[nxt] > now else now
+                size_h = _push(ht, hs, hp, size_h, t0, seq, _pack(nxt, 0, 0, _START))
+                seq += 1
+    return finish
+
+
+run_graph = _njit(_run_graph) if numba is not None else _run_graph
+#: The same loop as plain Python (the reference the compiled version is checked against).
+run_graph_py = _run_graph
+
+
+@dataclass
+class TaskGraph:
+    """A step's tasks being built: append tasks, then edges, then :meth:`arrays`.
+
+    Task ids are assigned in insertion order. ``start`` defaults to 0 (start as soon
+    as the predecessors are done).
+    """
+
+    def __post_init__(self) -> None:
+        self._kind: list[np.ndarray] = []
+        self._a: list[np.ndarray] = []
+        self._b: list[np.ndarray] = []
+        self._value: list[np.ndarray] = []
+        self._start: list[np.ndarray] = []
+        self._edges_from: list[np.ndarray] = []
+        self._edges_to: list[np.ndarray] = []
+        self.size = 0
+
+    def add(self, kind: int, a, b, value, start=0.0) -> np.ndarray:
+        """Append tasks (arrays broadcast together); returns their ids."""
+        a, b, value, start = np.broadcast_arrays(np.asarray(a, dtype=np.int64),
+                                                 np.asarray(b, dtype=np.int64),
+                                                 np.asarray(value, dtype=float),
+                                                 np.asarray(start, dtype=float))
+        count = a.size
+        ids = np.arange(self.size, self.size + count, dtype=np.int64).reshape(a.shape)
+        self._kind.append(np.full(count, kind, dtype=np.int8))
+        self._a.append(a.ravel())
+        self._b.append(b.ravel())
+        self._value.append(value.ravel())
+        self._start.append(start.ravel())
+        self.size += count
+        return ids
+
+    def compute(self, gpu, seconds, start=0.0) -> np.ndarray:
+        """Compute tasks on ``gpu`` lasting ``seconds``; returns their ids."""
+        return self.add(COMPUTE, gpu, 0, seconds, start)
+
+    def message(self, src, dst, nbytes, start=0.0) -> np.ndarray:
+        """Messages of ``nbytes`` from ``src`` to ``dst``; returns their ids."""
+        return self.add(MESSAGE, src, dst, nbytes, start)
+
+    def edges(self, before, after) -> None:
+        """Task ``after[i]`` waits for task ``before[i]`` (arrays broadcast together)."""
+        before, after = np.broadcast_arrays(np.asarray(before, dtype=np.int64),
+                                            np.asarray(after, dtype=np.int64))
+        self._edges_from.append(before.ravel())
+        self._edges_to.append(after.ravel())
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """``kind, a, b, value, start, deps, succ_ptr, succ_idx`` for :func:`run_graph`."""
+        cat = lambda parts, dtype: (np.concatenate(parts).astype(dtype, copy=False)  # noqa: E731
+                                    if parts else np.zeros(0, dtype=dtype))
+        kind = cat(self._kind, np.int8)
+        src = cat(self._edges_from, np.int64)
+        dst = cat(self._edges_to, np.int64)
+        order = np.argsort(src, kind="stable")
+        succ_ptr = np.zeros(self.size + 1, dtype=np.int64)
+        np.cumsum(np.bincount(src, minlength=self.size), out=succ_ptr[1:])
+        deps = np.bincount(dst, minlength=self.size).astype(np.int64)
+        return (kind, cat(self._a, np.int64), cat(self._b, np.int64), cat(self._value, float),
+                cat(self._start, float), deps, succ_ptr, dst[order])

@@ -1,0 +1,104 @@
+"""The compiled step kernel against the SimPy link model it replaces, and on task graphs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import simpy
+from simpy.events import Timeout
+
+from helios.sim.adaptation.base import route_table
+from helios.sim.kernel import TaskGraph, run_graph, run_graph_py
+from helios.sim.network import LinkMeter, Network
+from helios.topology import dragonfly, fat_tree
+
+WINDOW, HORIZON, MSTART, MEND = 1e-4, 2e-2, 2e-4, 1.5e-2
+
+
+def _recorded_traffic(cluster, rng, count):
+    """Random sends: (start time, src, dst, bytes); some share a start time."""
+    times = np.sort(rng.uniform(0, 2e-3, count))
+    times[1::7] = times[0::7][: len(times[1::7])]  # exact ties, as a step's sends have
+    src = rng.integers(cluster.num_gpus, size=count)
+    dst = rng.integers(cluster.num_gpus, size=count)
+    nbytes = rng.choice([0.0, 3e3, 7e4, 1.3e6, 5e6], size=count)
+    order = np.lexsort((np.arange(count), times))
+    return times[order], src[order], dst[order], nbytes[order]
+
+
+def _simpy_delivery(cluster, chunk, traffic):
+    times, src, dst, nbytes = traffic
+    env = simpy.Environment()
+    meter = LinkMeter(cluster.num_links, WINDOW, HORIZON, MSTART, MEND)
+    net = Network(env, cluster.route, cluster.link_bandwidth.tolist(),
+                  cluster.link_latency.tolist(), chunk, meter)
+    done = np.full(len(times), np.nan)
+
+    def sender(i):
+        def fire(_event):
+            net.send(int(src[i]), int(dst[i]), float(nbytes[i]),
+                     lambda: done.__setitem__(i, env.now))
+        return fire
+
+    for i, t in enumerate(times):
+        Timeout(env, t).callbacks.append(sender(i))
+    env.run()
+    return done, meter
+
+
+def _kernel_delivery(cluster, chunk, traffic, fn):
+    times, src, dst, nbytes = traffic
+    graph = TaskGraph()
+    graph.message(src, dst, nbytes, times)
+    routes = route_table(cluster)
+    route_len = (routes < cluster.num_links).sum(axis=2)
+    L, G = cluster.num_links, cluster.num_gpus
+    W = int(np.ceil(HORIZON / WINDOW)) + 1
+    link_win, gpu_win = np.zeros((W, L)), np.zeros((W, G))
+    link_meas, link_bytes = np.zeros(L), np.zeros(L)
+    finish = fn(*graph.arrays(), routes, route_len, 1.0 / cluster.link_bandwidth,
+                cluster.link_latency, float(chunk), np.zeros(L), np.zeros(G), link_win,
+                link_meas, link_bytes, gpu_win, np.zeros(G), WINDOW, MSTART, MEND)
+    return finish, link_win, link_meas, link_bytes
+
+
+@pytest.mark.parametrize("make", [lambda: fat_tree(4, gpus_per_server=4, seed=0),
+                                  lambda: dragonfly(2, 2, 1, gpus_per_server=2, seed=0)],
+                         ids=["fat_tree", "dragonfly"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kernel_delivers_exactly_when_the_simpy_network_does(make, seed):
+    cluster = make()
+    traffic = _recorded_traffic(cluster, np.random.default_rng(seed), 600)
+    chunk = 512 * 1024
+    expected, meter = _simpy_delivery(cluster, chunk, traffic)
+    for fn in (run_graph, run_graph_py):
+        finish, link_win, link_meas, link_bytes = _kernel_delivery(cluster, chunk, traffic, fn)
+        np.testing.assert_array_equal(finish, expected)
+        np.testing.assert_allclose(link_bytes, meter.bytes_total, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(link_meas, meter.busy_measured, rtol=1e-9, atol=1e-15)
+        np.testing.assert_allclose(link_win, meter.window_utilisation() * WINDOW,
+                                   rtol=1e-9, atol=1e-15)
+
+
+def test_tasks_wait_for_predecessors_and_share_a_gpu_in_ready_order():
+    cluster = fat_tree(2, gpus_per_server=2, seed=0)
+    graph = TaskGraph()
+    a = graph.compute(0, 1e-3)                 # GPU 0 busy [0, 1 ms)
+    m = graph.message(0, 2, 1e6)               # after a
+    graph.edges(a, m)
+    c = graph.compute(2, 2e-3)                 # GPU 2: after the message
+    graph.edges(m, c)
+    d = graph.compute(0, 5e-4, start=2e-4)     # ready at 0.2 ms, waits for a (FIFO)
+    routes = route_table(cluster)
+    route_len = (routes < cluster.num_links).sum(axis=2)
+    L, G = cluster.num_links, cluster.num_gpus
+    finish = run_graph(*graph.arrays(), routes, route_len, 1.0 / cluster.link_bandwidth,
+                       cluster.link_latency, 1e9, np.zeros(L), np.zeros(G), np.zeros((3, L)),
+                       np.zeros(L), np.zeros(L), np.zeros((3, G)), np.zeros(G), 1.0, 0.0, 3.0)
+    path = cluster.route(0, 2)
+    one_chunk = 1e-3 + sum(1e6 / cluster.link_bandwidth[link] + cluster.link_latency[link]
+                           for link in path)
+    assert finish[a] == pytest.approx(1e-3)
+    assert finish[d] == pytest.approx(1.5e-3)
+    assert finish[m] == pytest.approx(one_chunk)
+    assert finish[c] == pytest.approx(one_chunk + 2e-3)
