@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from tests._configs import REQUEST_MODEL
+
 from helios.sweep import main
 
 ROOT = Path(__file__).resolve().parent.parent
 SUMMARY = re.compile(r"^Strategy: (\w+), P99 Latency: [\d.]+ ms, Goodput: [\d.]+ tokens/sec, "
                      r"Max Link Congestion: [\d.]+%$")
-FAST = ["model=tiny", "topology.k=2", "sim.duration_s=0.1", "sim.warmup_s=0.02",
+FAST = [*REQUEST_MODEL, "model=tiny", "topology.k=2", "sim.duration_s=0.1", "sim.warmup_s=0.02",
         "sim.window_s=0.02", "scenario.tokens_per_request=32"]
 
 BAD_INPUTS = [

@@ -122,12 +122,14 @@ class EpSimulation:
         self.network_bytes = 0.0
         self.kernel_tasks = 0
         self.cross_server_bytes = 0.0
-        self.running_samples: list[tuple[float, int]] = []
-        """(time, running requests over all ranks) at the start of every step."""
+        self.in_system = 0
+        self.queue_samples: list[tuple[float, int]] = []
+        """(time, requests in the system) every ``sim.window_s / 20`` (a sampler process)."""
         self._idle: simpy.Event | None = None
         self._next_rank = 0
         self.env.process(self._arrivals())
         self.env.process(self._steps())
+        self.env.process(self._sampler(cfg.sim.window_s / 20))
 
     # ------------------------------------------------------------------ setup
     def _replica_tables(self, placement: Placement, routing: str) -> None:
@@ -194,6 +196,7 @@ class EpSimulation:
                 rank = min(range(self.num_gpus), key=lambda r: (self.ranks[r].load(), r))
             req = ServedRequest(rid, t, rank, prompt, output)
             self.requests.append(req)
+            self.in_system += 1
             self.ranks[rank].add(req)
             if self._idle is not None and not self._idle.triggered:
                 self._idle.succeed()
@@ -206,11 +209,15 @@ class EpSimulation:
                 self._idle = self.env.event()
                 yield self._idle
                 continue
-            self.running_samples.append((self.env.now, sum(len(r.running) for r in self.ranks)))
             duration = self._run_step(batches)
             yield self.env.timeout(duration)
             for rank, batch in zip(self.ranks, batches):
-                rank.finish_step(batch, self.env.now)
+                self.in_system -= len(rank.finish_step(batch, self.env.now))
+
+    def _sampler(self, period: float):
+        while True:
+            self.queue_samples.append((self.env.now, self.in_system))
+            yield self.env.timeout(period)
 
     def _split(self, batches: list[Batch]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per micro-batch: tokens and context sum per rank."""

@@ -7,7 +7,9 @@ do, idle ones with an empty batch) and every simulated MoE layer ``l``:
   it waits for ``r``'s previous layer: every combine message into ``r`` and ``r``'s
   own GEMM (layer 0 waits for the dense layers);
 * **dispatch** messages carry ``r``'s tokens to the GPUs serving their experts, each
-  waiting for ``attn[l, r]``. ``serving.dispatch`` counts them:
+  waiting for ``attn[l, r]``; a rank sends them in staggered order (server offset
+  1, 2, ..., and local offset 0, 1, ... within a server), as all-to-all kernels do
+  against incast. ``serving.dispatch`` counts them:
   ``per_gpu``: one copy per (token, destination GPU);
   ``per_expert``: one copy per (token, expert), as DeepEP's low-latency kernels;
   ``per_node``: as DeepEP's normal kernels, one RDMA copy per (token, destination
@@ -143,6 +145,25 @@ class StepBuilder:
             graph.edges(before, tail[before_rank])
         return StepPlan(graph, tail, self.network_bytes)
 
+    def _staggered(self, src: np.ndarray, dst: np.ndarray,
+                   nodes: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Pairs to another GPU (or, with ``nodes``, server), each source's in staggered order.
+
+        A GPU sends to the peers at server offset 1, 2, ... and within each server at
+        local offset 0, 1, ... (mod the counts), as all-to-all kernels stagger their peers,
+        so that at any moment no receiver gets every sender's message at once.
+        """
+        N = self.G // self.gps
+        if nodes:
+            key = (dst - self.node[src]) % N
+        else:
+            key = (((self.node[dst] - self.node[src]) % N) * self.gps
+                   + (self.local[dst] - self.local[src]) % self.gps)
+        keep = key != 0
+        src, dst, key = src[keep], dst[keep], key[keep]
+        order = np.lexsort((key, src))
+        return src[order], dst[order]
+
     def _messages(self, graph: TaskGraph, src, dst, tokens, token_bytes) -> np.ndarray:
         nbytes = tokens * token_bytes
         self.network_bytes += float(nbytes[src != dst].sum())
@@ -153,9 +174,7 @@ class StepBuilder:
         """Dispatch and combine of one layer; returns (tasks, their ranks) the next layer waits for."""
         if self.dispatch != "per_node":
             counts = t.per_expert if self.dispatch == "per_expert" else t.per_gpu
-            r, j = np.nonzero(counts)
-            remote = r != j
-            r, j = r[remote], j[remote]
+            r, j = self._staggered(*np.nonzero(counts))
             n = counts[r, j]
             out = self._messages(graph, r, j, n, self.db)
             graph.edges(attn[r], out)
@@ -168,18 +187,14 @@ class StepBuilder:
     def _exchange_per_node(self, graph, attn, gemm, t: LayerTraffic):
         G, node = self.G, self.node
         # RDMA copies to the relay GPU (same local index) of every other server.
-        r, n = np.nonzero(t.per_node)
-        remote = n != node[r]
-        r, n = r[remote], n[remote]
+        r, n = self._staggered(*np.nonzero(t.per_node), nodes=True)
         relay = n * self.gps + self.local[r]
         rdma = self._messages(graph, r, relay, t.per_node[r, n], self.db)
         graph.edges(attn[r], rdma)
         rdma_id = np.full((G, G // self.gps), -1, dtype=np.int64)
         rdma_id[r, n] = rdma
         # Per destination GPU: NVLink from the relay (other servers) or from r (own server).
-        r2, j = np.nonzero(t.per_gpu)
-        keep = r2 != j
-        r2, j = r2[keep], j[keep]
+        r2, j = self._staggered(*np.nonzero(t.per_gpu))
         cross = node[j] != node[r2]
         via = np.where(cross, node[j] * self.gps + self.local[r2], r2)
         nvl = self._messages(graph, via, j, t.per_gpu[r2, j], self.db)

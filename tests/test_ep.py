@@ -1,0 +1,173 @@
+"""serving=ep: analytic step times, batching, balance, conservation, Little's law, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helios.cell import prepare, run_cell
+from helios.config import EpServingConfig
+from helios.placement.cache import obtain_placement
+from helios.sim.adaptation.base import route_table
+from helios.sim.ep.engine import EpSimulation
+from helios.sim.ep.roofline import step_costs
+from helios.sim.ep.step import LayerTraffic, StepBuilder
+from helios.sim.kernel import run_graph
+from helios.topology import fat_tree
+from tests._configs import TINY_EP
+from tests._configs import config as _config
+
+
+def config(*overrides):
+    return _config(*overrides, base=TINY_EP)
+
+NIC = 50e9  # 400 Gb/s
+
+
+def _run(cluster, plan, chunk=16 * 1024):
+    routes = route_table(cluster)
+    route_len = (routes < cluster.num_links).sum(axis=2)
+    L, G = cluster.num_links, cluster.num_gpus
+    arrays = plan.graph.arrays()
+    finish = run_graph(*arrays, routes, route_len, 1.0 / cluster.link_bandwidth,
+                       cluster.link_latency, float(chunk), np.zeros(L), np.zeros(G),
+                       np.zeros((2, L)), np.zeros(L), np.zeros(L), np.zeros((2, G)), np.zeros(G),
+                       10.0, 0.0, 10.0)
+    return finish, arrays
+
+
+def _uniform_traffic(G, tokens):
+    per_gpu = np.full((G, G), tokens)
+    np.fill_diagonal(per_gpu, 0)
+    return LayerTraffic(per_gpu, per_gpu, np.zeros((G, 1)), per_gpu.sum(0), np.full(G, 8))
+
+
+def test_uniform_dispatch_takes_bytes_per_nic_over_its_bandwidth_plus_path_latency():
+    # 2 servers x 8 GPUs, a NIC per GPU, a fabric that never limits: each GPU sends
+    # 8 remote messages through its own NIC (and 7 over NVLink, 9x faster).
+    cluster = fat_tree(2, gpus_per_server=8, nic_per_gpu=True, nic_bandwidth=NIC,
+                       fabric_bandwidth=1e15, seed=0)
+    G, tokens, token_bytes = cluster.num_gpus, 512, 7168.0
+    builder = StepBuilder(G, 8, "per_gpu", token_bytes, 2 * token_bytes)
+    zero = np.zeros(G)
+    gemm = np.full(G, 1e-4)
+    plan = builder.build(0.0, zero, [[zero]], [[gemm]], [[_uniform_traffic(G, tokens)]], zero)
+    finish, arrays = _run(cluster, plan)
+    kind = arrays[0]
+    gemm_ids = np.flatnonzero(kind == 0)[3 * G:4 * G]  # pre, tail, attn, gemm in build order
+    dispatch_done = finish[gemm_ids] - 1e-4
+    remote = cluster.route(0, G - 1)
+    expected = 8 * tokens * token_bytes / NIC + cluster.link_latency[list(remote)].sum()
+    np.testing.assert_allclose(dispatch_done, expected, rtol=0.02)
+
+
+def test_a_hotter_expert_raises_the_step_by_its_ranks_extra_gemm_time():
+    cfg = config()
+    costs = step_costs(cfg.model, cfg.gpu, cfg.serving)
+    cluster = fat_tree(2, gpus_per_server=4, nic_per_gpu=True, nic_bandwidth=1e15,
+                       nvlink_bandwidth=1e15, fabric_bandwidth=1e15, nvlink_latency=0.0,
+                       link_latency=0.0, seed=0)
+    G = cluster.num_gpus
+    builder = StepBuilder(G, 4, "per_gpu", 1024.0, 2048.0)
+    zero = np.zeros(G)
+    traffic = _uniform_traffic(G, 64)
+    attn = costs.attention(np.full(G, 64.0), np.full(G, 64.0 * 128))
+
+    def step(pairs):
+        gemm = costs.grouped_gemm(pairs, np.full(G, 2))
+        plan = builder.build(0.0, zero, [[attn]], [[gemm]], [[traffic]], zero)
+        finish, _ = _run(cluster, plan)
+        return finish[plan.tail].max(), gemm
+
+    base_pairs = np.full(G, 20000.0)  # compute-bound: above the ridge point
+    hot_pairs = base_pairs.copy()
+    hot_pairs[3] += 3 * 10000.0      # one of rank 3's two experts gets 4x its tokens
+    base, gemm_base = step(base_pairs)
+    hot, gemm_hot = step(hot_pairs)
+    assert hot - base == pytest.approx(gemm_hot[3] - gemm_base[3], rel=0.02)
+
+
+def test_batching_amortises_expert_weights_below_the_ridge_point():
+    cfg = config("model=deepseek_v3", "topology.gpus_per_server=8")
+    costs = step_costs(cfg.model, cfg.gpu, cfg.serving)
+    ridge = costs.expert_weight_bytes * costs.flops_per_s / (
+        costs.bytes_per_s * costs.expert_flops_per_pair)
+    batches = np.array([1, 4, 16, 0.45 * ridge, 0.9 * ridge])
+    per_token = costs.grouped_gemm(batches, np.ones_like(batches)) / batches
+    assert np.all(np.diff(per_token) < 0)
+    # Above the ridge point a token costs its arithmetic, whatever the batch.
+    big = np.array([4 * ridge, 8 * ridge])
+    flat = (costs.grouped_gemm(big, np.ones(2)) - costs.overhead_s) / big
+    assert flat[0] == pytest.approx(flat[1], rel=0.05)
+
+
+def _ep_sim(*overrides):
+    cfg = config(*overrides)
+    cluster, _spec, workload, ctx = prepare(cfg)
+    placement, _ = obtain_placement(ctx, None)
+    return EpSimulation(cluster, cfg, placement, workload).run()
+
+
+@pytest.mark.parametrize("dispatch", ["per_gpu", "per_node", "per_expert"])
+def test_tokens_and_bytes_are_conserved(dispatch):
+    sim = _ep_sim(f"serving.dispatch={dispatch}", "sim.drain_s=2")
+    assert sim.pairs_dispatched == sim.pairs_computed > 0
+    # Every request finished with all its prompt prefilled and all its output produced,
+    # and the steps produced exactly those tokens.
+    assert all(r.prefilled == r.prompt and r.generated == r.output for r in sim.requests)
+    assert sum(s.output_tokens for s in sim.steps) == sum(r.output for r in sim.requests)
+    assert sum(s.prefill_tokens for s in sim.steps) == sum(r.prompt for r in sim.requests)
+    # Bytes on links = bytes of the messages times the hops of their routes (<= 2 hops
+    # within a server, so the link total is at least the network total).
+    assert sim.link_bytes.sum() >= sim.network_bytes > 0
+
+
+def test_littles_law_from_sampled_queue_lengths():
+    sim = _ep_sim("scenario.rate=1200", "serving.output_tokens=64", "sim.duration_s=2",
+                  "sim.warmup_s=0.3", "sim.drain_s=3")
+    samples = np.array(sim.queue_samples)
+    inside = (samples[:, 0] >= sim.start) & (samples[:, 0] < sim.end)
+    L = samples[inside, 1].mean()
+    measured = [r for r in sim.requests if sim.start <= r.arrival < sim.end]
+    lam = len(measured) / (sim.end - sim.start)
+    W = np.mean([r.finish_s - r.arrival for r in measured])
+    assert L > 1  # requests overlap: the check is not trivial
+    assert L == pytest.approx(lam * W, rel=0.1)
+
+
+def test_eplb_steps_are_faster_than_round_robin_under_skew():
+    # Every rank runs full prefill chunks, so that attention is even across ranks and
+    # the grouped GEMMs are compute-bound: the busiest GPU paces each layer.
+    common = ("model=deepseek_v3", "sim.layers=8", "topology.gpus_per_server=8",
+              "topology.fabric_gbit_s=3200", "scenario.zipf_s=1.0", "scenario.rate=400",
+              "serving.prompt_tokens=2048", "serving.output_tokens=2", "sim.duration_s=0.5",
+              "sim.drain_s=0.1")
+    for seed in (0, 1, 2):
+        rr = run_cell(config(*common, "strategy=round_robin", f"seed={seed}"), cache=False)
+        ep = run_cell(config(*common, "strategy=eplb", f"seed={seed}"), cache=False)
+        rr_row, ep_row = rr.tables["cells"][0], ep.tables["cells"][0]
+        assert ep_row["step_ms_mean"] < rr_row["step_ms_mean"]
+        assert ep_row["balancedness"] > rr_row["balancedness"]
+
+
+def test_same_config_and_seed_give_identical_rows():
+    cfg = config("seed=4")
+    volatile = {"sim_s", "placement_s", "host"}
+    a, b = (run_cell(cfg, cache=False).tables for _ in range(2))
+    for table in ("cells", "timeseries"):
+        frame_a = pd.DataFrame(a[table]).drop(columns=list(volatile), errors="ignore")
+        frame_b = pd.DataFrame(b[table]).drop(columns=list(volatile), errors="ignore")
+        pd.testing.assert_frame_equal(frame_a, frame_b)
+
+
+def test_two_batch_overlap_hides_communication():
+    slow_net = ("topology.nic_gbit_s=25", "scenario.rate=300")
+    plain = _ep_sim(*slow_net)
+    overlapped = _ep_sim(*slow_net, "serving.overlap=two_batch")
+    mean = lambda sim: np.mean([s.end_s - s.start_s for s in sim.steps if s.decode_tokens])  # noqa: E731
+    assert mean(overlapped) < mean(plain)
+
+
+def test_ep_serving_config_defaults_are_the_yaml_defaults():
+    assert config().serving.dispatch == EpServingConfig().dispatch
