@@ -113,7 +113,8 @@ class ModelConfig:
 class GpuConfig:
     """One accelerator: memory for expert weights and a roofline compute model."""
 
-    name: str = spec("h100_sxm", "GPU name (conf/gpu/<name>.yaml)")
+    name: str = spec("h100_sxm", "GPU name (conf/gpu/<name>.yaml)",
+                     choices=("h100_sxm", "h800", "h200"))
     memory_gib: float = spec(80.0, "HBM capacity, GiB", gt=0)
     expert_memory_fraction: float = spec(0.55, "share of HBM for routed-expert weights", gt=0, le=1)
     peak_tflops: float = spec(989.0, "dense BF16/FP8-GEMM peak, TFLOP/s", gt=0)
@@ -149,10 +150,10 @@ class EpServingConfig(ServingConfig):
                            choices=("round_robin", "shortest_queue"))
     max_running_requests: int = spec(128, "requests in a rank's running batch, at most", ge=1)
     max_batch_tokens: int = spec(8192, "tokens a rank runs in one step (decode + prefill chunk)", ge=1)
-    prompt_tokens: int = spec(1024, "mean prompt length, tokens", ge=1)
+    prompt_tokens: int = spec(512, "mean prompt length, tokens", ge=1)
     prompt_cv: float = spec(0.0, "coefficient of variation of prompt lengths (0 = fixed, "
                                  "else lognormal)", ge=0)
-    output_tokens: int = spec(128, "mean output length, tokens", ge=1)
+    output_tokens: int = spec(32, "mean output length, tokens", ge=1)
     output_cv: float = spec(0.0, "coefficient of variation of output lengths (0 = fixed, "
                                  "else lognormal)", ge=0)
     length_clip: float = spec(8.0, "lognormal lengths are clipped to this x their mean", ge=1)
@@ -253,10 +254,10 @@ class StrategyConfig:
 class SimConfig:
     """Length, measurement and resolution of one simulation."""
 
-    duration_s: float = spec(0.35, "simulated time during which requests arrive, s", gt=0)
-    warmup_s: float = spec(0.05, "initial time excluded from the metrics, s", ge=0)
-    window_s: float = spec(0.025, "width of a measurement window, s", gt=0)
-    drain_s: float = spec(1.0, "extra time after arrivals stop to finish requests, s", ge=0)
+    duration_s: float = spec(3.0, "simulated time during which requests arrive, s", gt=0)
+    warmup_s: float = spec(1.0, "initial time excluded from the metrics, s", ge=0)
+    window_s: float = spec(0.1, "width of a measurement window, s", gt=0)
+    drain_s: float = spec(2.0, "extra time after arrivals stop to finish requests, s", ge=0)
     layers: typing.Optional[int] = spec(
         None, "MoE layers simulated (None = all of model.num_moe_layers)", ge=1)
     slo_ms: float = spec(10.0, "serving=request: request latency objective for goodput, ms", gt=0)
@@ -479,6 +480,31 @@ def check_consistency(cfg: CellConfig) -> None:
             f"too small: {num_gpus} GPUs x {slots} expert slots per layer cannot hold "
             f"{model.num_experts} experts of {model.name}; give experts more memory or GPUs")
     _check_strategy_needs(cfg, num_gpus, slots)
+    if isinstance(cfg.serving, EpServingConfig):
+        _check_ep(cfg)
+
+
+def _check_ep(cfg: CellConfig) -> None:
+    """serving=ep checks: what the model supports and a KV cache that holds a request."""
+    from helios.sim.adaptation import CONTROLLERS
+    from helios.sim.ep.engine import kv_budget_tokens, longest_request
+
+    if cfg.strategy.name in CONTROLLERS:
+        raise ConfigError("strategy", cfg.strategy.name,
+                          "a static strategy with serving=ep (the dynamic strategies run with "
+                          "serving=request)")
+    if cfg.strategy.routing not in ("nearest", "round_robin"):
+        raise ConfigError("strategy.routing", cfg.strategy.routing,
+                          "nearest or round_robin with serving=ep")
+    if cfg.serving.dispatch == "per_node" and cfg.topology.gpus_per_server == 1:
+        raise ConfigError("serving.dispatch", "per_node",
+                          "per_gpu or per_expert on servers of one GPU (per_node forwards "
+                          "over a server's NVLink)")
+    budget, need = kv_budget_tokens(cfg), longest_request(cfg.serving)
+    if budget < need:
+        raise ConfigError("serving.kv_memory_fraction", cfg.serving.kv_memory_fraction,
+                          f"large enough for one request of {need} tokens; it holds {budget} "
+                          f"tokens of {cfg.model.name}'s KV cache")
 
 
 def _check_strategy_needs(cfg: CellConfig, num_gpus: int, slots: int) -> None:

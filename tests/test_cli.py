@@ -60,6 +60,18 @@ BAD_INPUTS = [
     (["--multirun", "model=tiny", "strategy=glob(zzz*)"], "strategy=glob(zzz*)"),
     (["--multirun", "+sweep=nope"], "sweep=nope"),
     (["--multirun", "model=tiny", "strategy=round_robin,nope"], "strategy=nope"),
+    # serving=ep (the default serving model)
+    (["serving.max_batch_tokens=0"], "serving.max_batch_tokens=0"),
+    (["serving.prompt_tokens=-5"], "serving.prompt_tokens=-5"),
+    (["serving.output_cv=-1"], "serving.output_cv=-1"),
+    (["serving.kv_memory_fraction=0.0001"], "serving.kv_memory_fraction=0.0001"),
+    (["gpu=h900"], "gpu=h900"),
+    (["gpu.name=h900"], "gpu.name=h900"),
+    (["serving=foo"], "serving=foo"),
+    (["model=tiny", "topology.gpus_per_server=1", "serving.dispatch=per_node"],
+     "serving.dispatch=per_node"),
+    (["strategy=helios_dynamic"], "strategy=helios_dynamic"),
+    (["strategy.routing=congestion_aware"], "strategy.routing=congestion_aware"),
     # experts that do not fit in one cell of a sweep: refused before any cell runs
     (["--multirun", "+sweep=smoke", "strategy=round_robin",
       "gpu.expert_memory_fraction=0.5,0.000001"], "gpu.expert_memory_fraction=1e-06"),

@@ -31,7 +31,7 @@ def workload(cfg, seed=0):
 def test_every_scenario_is_registered_and_composes():
     assert set(NAMES) <= set(SCENARIOS) and set(NAMES) <= set(SCENARIO_CLASSES)
     for name in NAMES:
-        cfg = cell_config(compose([f"scenario={name}"]))
+        cfg = cell_config(compose([f"scenario={name}", "sim.layers=4"]))
         assert cfg.scenario.name == name and isinstance(cfg.scenario, SCENARIOS[name])
         # the drift scenarios inherit rate and request size from scenario/stationary.yaml
         assert cfg.scenario.rate == cell_config(compose([])).scenario.rate
