@@ -138,7 +138,7 @@ def test_trace_can_hold_its_last_window(tmp_path):
 
 
 def test_example_trace_is_valid_and_reproducible():
-    cfg = cell_config(compose(["scenario=trace"]))  # default model: 256 experts
+    cfg = cell_config(compose(["scenario=trace", "sim.layers=4"]))  # default model: 256 experts
     loads = load_trace(cfg.scenario.trace_path)
     assert loads.shape[1:] == (4, cfg.model.num_experts)
     shipped = pd.read_csv(REPO_ROOT / "conf" / "traces" / "example_trace.csv")

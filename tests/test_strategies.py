@@ -12,7 +12,7 @@ from helios.cell import prepare, run_cell
 from helios.errors import ConfigError
 from helios.placement import STRATEGIES, place
 from helios.placement.eplb import eplb
-from tests._configs import TINY, config
+from tests._configs import REQUEST_MODEL, TINY, config
 
 ALL = ("round_robin", "greedy", "helios_static", "helios_hops", "eplb")
 
@@ -121,8 +121,10 @@ def mean_p99(strategy: str, seeds, *overrides, tmp_path, base=None) -> float:
 
 #: The default skewed stationary fat-tree cell (DeepSeek-V3 on 64 GPUs), stated explicitly
 #: so that changes of the defaults do not change what these tests measure.
-DEFAULT_CELL = ("scenario=stationary", "topology=fat_tree", "model=deepseek_v3",
-                "scenario.rate=1000", "scenario.tokens_per_request=512", "scenario.zipf_s=1.0")
+DEFAULT_CELL = (*REQUEST_MODEL, "scenario=stationary", "topology=fat_tree", "topology.k=4",
+                "topology.fabric_gbit_s=400", "model=deepseek_v3", "sim.window_s=0.025",
+                "sim.drain_s=1.0", "scenario.rate=1000", "scenario.tokens_per_request=512",
+                "scenario.zipf_s=1.0")
 
 
 def test_helios_static_beats_round_robin_on_a_short_default_cell(tmp_path):

@@ -153,9 +153,9 @@ def test_preflight_expands_named_and_adhoc_sweeps(tmp_path):
     assert [(c.sweep, c.seed, c.model.name) for c in adhoc] == [("mine", 0, "tiny"),
                                                                 ("mine", 1, "tiny")]
     # sweep=<name> only names the results folder; it does not load sweeps/<name>.yaml.
-    renamed = preflight(["--multirun", "model=tiny", "seed=0", "sweep=smoke",
+    renamed = preflight(["--multirun", "model=tiny", "seed=0", "sweep=smoke", "topology.k=4",
                          f"output_dir={tmp_path}"])
-    assert [(c.sweep, c.topology.k) for c in renamed] == [("smoke", 4)]
+    assert [(c.sweep, c.topology.k, c.sim.duration_s) for c in renamed] == [("smoke", 4, 3.0)]
     # The fast multirun composer agrees with a full Hydra composition of each job.
     for strategy, seed in (("greedy", 1), ("round_robin", 0)):
         single = preflight(["+sweep=smoke", f"strategy={strategy}", f"seed={seed}",
