@@ -36,7 +36,8 @@ def cells(draw):
            "layers": draw(st.integers(1, 3)), "chunk_kib": draw(st.sampled_from([16.0, 512.0]))}
     strategy = {"name": draw(st.sampled_from(["round_robin", "greedy"]))}
     return cell_config({"topology": topology, "model": model, "scenario": scenario, "sim": sim,
-                        "strategy": strategy, "seed": draw(st.integers(0, 2**16))})
+                        "strategy": strategy, "serving": {"name": "request"},
+                        "seed": draw(st.integers(0, 2**16))})
 
 
 PROPERTY = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])

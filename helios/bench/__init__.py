@@ -7,6 +7,7 @@ registered in :data:`BENCHMARKS`.
 from __future__ import annotations
 
 BENCHMARKS: dict[str, str] = {
+    "deepep": "helios.bench.deepep",
     "engine": "helios.bench.engine",
     "ilp": "helios.bench.ilp",
     "sweep": "helios.bench.sweep",

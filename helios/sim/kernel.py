@@ -13,7 +13,8 @@ A step of expert-parallel serving is a directed acyclic graph of *tasks*:
   arrives. A message to the same GPU, or of zero bytes, is done at once.
 
 A task starts when all its predecessors are done (and not before its own
-``start`` time). The loop handles events in simulated-time order; equal times go in
+``start`` time): in the event that completes its last predecessor, as a SimPy
+callback would start it. The loop handles events in simulated-time order; equal times go in
 the order the events were scheduled, which is SimPy's rule, so a graph of messages
 with given start times gives the very delivery times of
 :class:`helios.sim.network.Network` (``tests/test_kernel.py`` checks this on
@@ -66,6 +67,21 @@ def _meter(busy_win, busy_meas, col, begin, finish, window, mstart, mend):
 
 
 @_njit
+def _meter_fast(busy_win, busy_meas, col, begin, finish, window, inv_window, mstart, mend):
+    """:func:`_meter` with its common case inlined: inside one window and wholly inside or
+    outside the measured interval."""
+    w = int(begin * inv_window)
+    if (w < busy_win.shape[0] and finish <= (w + 1) * window
+            and (finish <= mstart or begin >= mend or (mstart <= begin and finish <= mend))):
+        busy = finish - begin
+        busy_win[w, col] += busy
+        if mstart <= begin and finish <= mend:
+            busy_meas[col] += busy
+        return
+    _meter(busy_win, busy_meas, col, begin, finish, window, mstart, mend)
+
+
+@_njit
 def _push(ht, hs, hp, n, t, seq, payload):
     """Insert an event into the binary min-heap of (time, seq); returns the new size."""
     i = n
@@ -111,6 +127,48 @@ def _pack(op, hop, last, ev):
     return (op << _OP_SHIFT) | (last << _LAST_SHIFT) | (hop << _HOP_SHIFT) | ev
 
 
+@_njit
+def _begin(op, now, kind, a, b, value, routes, route_len, inv_bw, latency, chunk, link_free,
+           gpu_free, link_win, link_meas, link_bytes, gpu_win, gpu_meas, window, inv_window,
+           mstart, mend, chunks_left, rest_of, ht, hs, hp, size_h, seq):
+    """Start task ``op`` at ``now``; returns (heap size, seq, done-at-once flag).
+
+    A compute task queues on its GPU; a message puts its chunks on the first link of
+    its route; a message that uses no link (same GPU, zero bytes) is done at once.
+    """
+    if kind[op] == COMPUTE:
+        g = a[op]
+        begin = gpu_free[g] if gpu_free[g] > now else now
+        end = begin + value[op]
+        gpu_free[g] = end
+        if end > begin:
+            _meter(gpu_win, gpu_meas, g, begin, end, window, mstart, mend)
+        size_h = _push(ht, hs, hp, size_h, now + (end - now), seq, _pack(op, 0, 0, _DONE))
+        return size_h, seq + 1, False
+    src, dst, nbytes = a[op], b[op], value[op]
+    if src == dst or nbytes <= 0.0 or route_len[src, dst] == 0:
+        return size_h, seq, True
+    full = np.floor(nbytes / chunk)
+    rest = nbytes - full * chunk
+    count = int(full) + (1 if rest > 0.0 else 0)
+    chunks_left[op] = count
+    rest_of[op] = rest if rest > 0.0 else chunk
+    link = routes[src, dst, 0]
+    for c in range(count):
+        last = 1 if c == count - 1 else 0
+        csize = rest_of[op] if last else chunk
+        free = link_free[link]
+        begin = free if free > now else now
+        end = begin + csize * inv_bw[link]
+        link_free[link] = end
+        link_bytes[link] += csize
+        _meter_fast(link_win, link_meas, link, begin, end, window, inv_window, mstart, mend)
+        size_h = _push(ht, hs, hp, size_h, now + (end + latency[link] - now), seq,
+                       _pack(op, 1, last, _HOP))
+        seq += 1
+    return size_h, seq, False
+
+
 def _run_graph(kind, a, b, value, start, deps, succ_ptr, succ_idx, routes, route_len,
                inv_bw, latency, chunk, link_free, gpu_free, link_win, link_meas, link_bytes,
                gpu_win, gpu_meas, window, mstart, mend):
@@ -147,6 +205,7 @@ def _run_graph(kind, a, b, value, start, deps, succ_ptr, succ_idx, routes, route
     that equal inputs give bit-equal times.
     """
     n = kind.shape[0]
+    inv_window = 1.0 / window
     finish = np.full(n, np.inf)
     chunks_left = np.zeros(n, dtype=np.int64)
     rest_of = np.zeros(n)
@@ -159,6 +218,7 @@ def _run_graph(kind, a, b, value, start, deps, succ_ptr, succ_idx, routes, route
     ht = np.empty(cap)
     hs = np.empty(cap, dtype=np.int64)
     hp = np.empty(cap, dtype=np.int64)
+    stack = np.empty(max(n, 1), dtype=np.int64)
     size_h = 0
     seq = 0
     for i in range(n):
@@ -172,38 +232,14 @@ def _run_graph(kind, a, b, value, start, deps, succ_ptr, succ_idx, routes, route
         hop = (payload >> _HOP_SHIFT) & _HOP_BITS
         op = payload >> _OP_SHIFT
         if ev == _START:
-            if kind[op] == COMPUTE:
-                g = a[op]
-                begin = gpu_free[g] if gpu_free[g] > now else now
-                end = begin + value[op]
-                gpu_free[g] = end
-                if end > begin:
-                    _meter(gpu_win, gpu_meas, g, begin, end, window, mstart, mend)
-                size_h = _push(ht, hs, hp, size_h, now + (end - now), seq, _pack(op, 0, 0, _DONE))
-                seq += 1
-                continue
-            src, dst, nbytes = a[op], b[op], value[op]
-            if src == dst or nbytes <= 0.0 or route_len[src, dst] == 0:
+            size_h, seq, instant = _begin(op, now, kind, a, b, value, routes, route_len, inv_bw,
+                                          latency, chunk, link_free, gpu_free, link_win,
+                                          link_meas, link_bytes, gpu_win, gpu_meas, window,
+                                          inv_window, mstart, mend, chunks_left, rest_of,
+                                          ht, hs, hp, size_h, seq)
+            if instant:
+                # As SimPy's Timeout(0) for a message that uses no link: done in a new event.
                 size_h = _push(ht, hs, hp, size_h, now, seq, _pack(op, 0, 0, _DONE))
-                seq += 1
-                continue
-            full = np.floor(nbytes / chunk)
-            rest = nbytes - full * chunk
-            count = int(full) + (1 if rest > 0.0 else 0)
-            chunks_left[op] = count
-            rest_of[op] = rest if rest > 0.0 else chunk
-            link = routes[src, dst, 0]
-            for c in range(count):
-                last = 1 if c == count - 1 else 0
-                csize = rest_of[op] if last else chunk
-                free = link_free[link]
-                begin = free if free > now else now
-                end = begin + csize * inv_bw[link]
-                link_free[link] = end
-                link_bytes[link] += csize
-                _meter(link_win, link_meas, link, begin, end, window, mstart, mend)
-                size_h = _push(ht, hs, hp, size_h, now + (end + latency[link] - now), seq,
-                               _pack(op, 1, last, _HOP))
                 seq += 1
             continue
         if ev == _HOP:
@@ -222,20 +258,38 @@ def _run_graph(kind, a, b, value, start, deps, succ_ptr, succ_idx, routes, route
                 end = begin + size * inv_bw[link]
                 link_free[link] = end
                 link_bytes[link] += size
-                _meter(link_win, link_meas, link, begin, end, window, mstart, mend)
+                _meter_fast(link_win, link_meas, link, begin, end, window, inv_window, mstart, mend)
                 size_h = _push(ht, hs, hp, size_h, now + (end + latency[link] - now), seq,
                                _pack(op, hop + 1, last, _HOP))
                 seq += 1
                 continue
-        # The task is done at `now`: release its successors.
+        # The task is done at `now`: release its successors. A released task starts at
+        # once, in this event (no heap round trip), unless its own start time is later.
         finish[op] = now
-        for j in range(succ_ptr[op], succ_ptr[op + 1]):
-            nxt = succ_idx[j]
-            deps[nxt] -= 1
-            if deps[nxt] == 0:
-                t0 = start[nxt] if start[nxt] > now else now
-                size_h = _push(ht, hs, hp, size_h, t0, seq, _pack(nxt, 0, 0, _START))
-                seq += 1
+        top = 0
+        stack[top] = op
+        top += 1
+        while top > 0:
+            top -= 1
+            done = stack[top]
+            for j in range(succ_ptr[done], succ_ptr[done + 1]):
+                nxt = succ_idx[j]
+                deps[nxt] -= 1
+                if deps[nxt] != 0:
+                    continue
+                if start[nxt] > now:
+                    size_h = _push(ht, hs, hp, size_h, start[nxt], seq, _pack(nxt, 0, 0, _START))
+                    seq += 1
+                    continue
+                size_h, seq, instant = _begin(nxt, now, kind, a, b, value, routes, route_len,
+                                              inv_bw, latency, chunk, link_free, gpu_free,
+                                              link_win, link_meas, link_bytes, gpu_win,
+                                              gpu_meas, window, inv_window, mstart, mend,
+                                              chunks_left, rest_of, ht, hs, hp, size_h, seq)
+                if instant:
+                    finish[nxt] = now
+                    stack[top] = nxt
+                    top += 1
     return finish
 
 

@@ -34,6 +34,7 @@ What it leaves out: scheduler CPU time between steps, CUDA-graph padding, preemp
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +122,9 @@ class EpSimulation:
         self.pairs_computed = 0
         self.network_bytes = 0.0
         self.kernel_tasks = 0
+        self.chunk_hops = 0
+        self.kernel_s = 0.0
+        """Wall seconds spent in the network kernel (for ``helios.bench engine``)."""
         self.cross_server_bytes = 0.0
         self.in_system = 0
         self.queue_samples: list[tuple[float, int]] = []
@@ -267,7 +271,7 @@ class EpSimulation:
                 gemm_total += secs
                 self.pairs_dispatched += experts.size
                 self.pairs_computed += int(t.pairs.sum())
-                np.add.at(self.window_expert_pairs[l], experts.ravel(), 1)
+                self.window_expert_pairs[l] += np.bincount(experts.ravel(), minlength=E)
                 if measured:
                     self.pairs_per_gpu[l] += t.pairs
                 cross = self.cluster.gpu_server[:, None] != self.cluster.gpu_server[None, :]
@@ -283,10 +287,13 @@ class EpSimulation:
         self.network_bytes += plan.network_bytes
         arrays = plan.graph.arrays()
         self.kernel_tasks += arrays[0].size
+        self._count_chunk_hops(arrays)
+        t0 = time.perf_counter()
         finish = run_graph(*arrays, self.routes, self.route_len, self.inv_bw, self.latency,
                            self.chunk, self.link_free, self.gpu_free, self.link_win,
                            self.link_meas, self.link_bytes, self.gpu_win, self.gpu_meas,
                            self.window, self.start, self.end)
+        self.kernel_s += time.perf_counter() - t0
         end = float(finish[plan.tail].max())
         if measured:
             self.gemm_busy += gemm_total
@@ -296,6 +303,12 @@ class EpSimulation:
             sum(b.sampling for b in batches),
             float(gemm_total.max()), float(gemm_total.mean())))
         return end - now
+
+    def _count_chunk_hops(self, arrays: tuple[np.ndarray, ...]) -> None:
+        kind, src, dst, nbytes = arrays[:4]
+        msg = (kind == 1) & (nbytes > 0) & (src != dst)
+        chunks = np.ceil(nbytes[msg] / self.chunk)
+        self.chunk_hops += int((chunks * self.route_len[src[msg], dst[msg]]).sum())
 
     # ------------------------------------------------------------------ run
     def run(self) -> "EpSimulation":

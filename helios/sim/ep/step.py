@@ -145,24 +145,32 @@ class StepBuilder:
             graph.edges(before, tail[before_rank])
         return StepPlan(graph, tail, self.network_bytes)
 
-    def _staggered(self, src: np.ndarray, dst: np.ndarray,
-                   nodes: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Pairs to another GPU (or, with ``nodes``, server), each source's in staggered order.
+    def _key(self, src: np.ndarray, dst: np.ndarray, nodes: bool = False) -> np.ndarray:
+        """Staggered send order of ``src`` to ``dst`` (a GPU, or with ``nodes`` a server).
 
         A GPU sends to the peers at server offset 1, 2, ... and within each server at
         local offset 0, 1, ... (mod the counts), as all-to-all kernels stagger their peers,
-        so that at any moment no receiver gets every sender's message at once.
+        so that at any moment no receiver gets every sender's message at once. Key 0 is
+        the sender itself (its own server).
         """
         N = self.G // self.gps
         if nodes:
-            key = (dst - self.node[src]) % N
-        else:
-            key = (((self.node[dst] - self.node[src]) % N) * self.gps
-                   + (self.local[dst] - self.local[src]) % self.gps)
+            return (dst - self.node[src]) % N
+        return (((self.node[dst] - self.node[src]) % N) * self.gps
+                + (self.local[dst] - self.local[src]) % self.gps)
+
+    def _staggered(self, src: np.ndarray, dst: np.ndarray,
+                   nodes: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Pairs to another GPU (server), each source's in :meth:`_key` order."""
+        key = self._key(src, dst, nodes)
         keep = key != 0
         src, dst, key = src[keep], dst[keep], key[keep]
         order = np.lexsort((key, src))
         return src[order], dst[order]
+
+    def _order(self, src: np.ndarray, key: np.ndarray) -> np.ndarray:
+        """Permutation that lists each source's messages in staggered order."""
+        return np.lexsort((key, src))
 
     def _messages(self, graph: TaskGraph, src, dst, tokens, token_bytes) -> np.ndarray:
         nbytes = tokens * token_bytes
@@ -179,9 +187,10 @@ class StepBuilder:
             out = self._messages(graph, r, j, n, self.db)
             graph.edges(attn[r], out)
             graph.edges(out, gemm[j])
-            back = self._messages(graph, j, r, n, self.cb)
-            graph.edges(gemm[j], back)
-            return np.concatenate([back, gemm]), np.concatenate([r, self.ranks])
+            o = self._order(j, self._key(j, r))  # each GPU staggers its own combines too
+            back = self._messages(graph, j[o], r[o], n[o], self.cb)
+            graph.edges(gemm[j[o]], back)
+            return np.concatenate([back, gemm]), np.concatenate([r[o], self.ranks])
         return self._exchange_per_node(graph, attn, gemm, t)
 
     def _exchange_per_node(self, graph, attn, gemm, t: LayerTraffic):
@@ -201,13 +210,17 @@ class StepBuilder:
         graph.edges(rdma_id[r2[cross], node[j[cross]]], nvl[cross])
         graph.edges(attn[r2[~cross]], nvl[~cross])
         graph.edges(nvl, gemm[j])
-        # Combine: NVLink back to the relay, then one RDMA copy per token and server.
-        nvl_back = self._messages(graph, j, via, t.per_gpu[r2, j], self.cb)
-        graph.edges(gemm[j], nvl_back)
-        rdma_back = self._messages(graph, relay, r, t.per_node[r, n], self.cb)
+        # Combine: NVLink back to the relay, then one RDMA copy per token and server, each
+        # GPU sending in its own staggered order.
+        o = self._order(j, self._key(j, via))
+        jo, via_o, r2o, cross_o = j[o], via[o], r2[o], cross[o]
+        nvl_back = self._messages(graph, jo, via_o, t.per_gpu[r2o, jo], self.cb)
+        graph.edges(gemm[jo], nvl_back)
+        p = self._order(relay, self._key(relay, node[r], nodes=True))
+        rdma_back = self._messages(graph, relay[p], r[p], t.per_node[r[p], n[p]], self.cb)
         back_id = np.full((G, G // self.gps), -1, dtype=np.int64)
-        back_id[r, n] = rdma_back
-        graph.edges(nvl_back[cross], back_id[r2[cross], node[j[cross]]])
-        ends = np.concatenate([rdma_back, nvl_back[~cross], gemm])
-        ranks = np.concatenate([r, r2[~cross], self.ranks])
+        back_id[r[p], n[p]] = rdma_back
+        graph.edges(nvl_back[cross_o], back_id[r2o[cross_o], node[jo[cross_o]]])
+        ends = np.concatenate([rdma_back, nvl_back[~cross_o], gemm])
+        ranks = np.concatenate([r[p], r2o[~cross_o], self.ranks])
         return ends, ranks

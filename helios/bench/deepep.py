@@ -1,0 +1,122 @@
+"""``python -m helios.bench deepep``: simulated DeepEP kernels against DeepEP's published figures.
+
+Sets up the configurations of DeepEP's benchmark tables (README of deepseek-ai/DeepEP,
+V1 kernels, tested on H800 with NVLink ~160 GB/s and one ConnectX-7 400 Gb/s NIC per GPU,
+DeepSeek-V3 shapes: hidden 7168, top-8 of 256 experts, FP8 dispatch, BF16 combine) and
+simulates one dispatch and one combine with the ``serving=ep`` step model, on 8-GPU
+servers with a NIC per GPU and a non-blocking fabric. Experts sit on ranks in contiguous
+blocks, as in DeepEP's tests, and gates are uniform.
+
+Counted as DeepEP's own tests count (``tests/legacy/test_internode.py``,
+``test_intranode.py``, ``test_low_latency.py``):
+
+* normal kernels, 4096 tokens per rank, top-4 node groups (``per_node`` dispatch):
+  intranode "NVL bandwidth" is the tokens a rank receives (one per token and rank,
+  its own included) x FP8 bytes / time; internode "RDMA bandwidth" is the (token,
+  server) pairs a rank sends, its own server included (DeepEP's "logical bandwidth"),
+  x FP8 bytes / time; FP8 bytes = ``hidden * (1 + 4/128)`` (scales included); combine
+  counts the same tokens in BF16 over the combine time;
+* low-latency kernels, 128 tokens per rank, ``per_expert`` dispatch: the kernel time.
+
+A phase's time is from its start to the last delivery at the slowest rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from helios.sim.adaptation.base import route_table
+from helios.sim.ep.step import StepBuilder, layer_traffic
+from helios.sim.kernel import run_graph
+from helios.topology import fat_tree
+
+HIDDEN, TOP_K, EXPERTS = 7168, 8, 256
+FP8_BYTES = HIDDEN * (1 + 4 / 128)
+LL_FP8_BYTES = HIDDEN + HIDDEN / 128 * 4 + 16
+BF16_BYTES = HIDDEN * 2
+
+#: (ranks, published dispatch, published combine) per table: GB/s for normal, us for LL.
+NORMAL = [(8, 153.0, 158.0), (16, 43.0, 43.0), (32, 58.0, 57.0), (64, 51.0, 50.0)]
+LOW_LATENCY = [(8, 77.0, 114.0), (16, 118.0, 195.0), (32, 155.0, 273.0), (64, 173.0, 314.0),
+               (128, 192.0, 369.0), (256, 194.0, 360.0)]
+
+
+def _cluster(ranks: int):
+    k = 4 if ranks <= 128 else 6
+    return fat_tree(k, gpus_per_server=8, nic_per_gpu=True, nvlink_bandwidth=160e9,
+                    nic_bandwidth=50e9, fabric_bandwidth=1e13, nvlink_latency=0.5e-6,
+                    link_latency=1e-6, seed=0)
+
+
+def _gate(ranks: int, tokens: int, node_groups: int | None, rng: np.random.Generator):
+    """(src, gpu, expert) of every token-expert pair; experts in contiguous rank blocks."""
+    per_rank = EXPERTS // ranks
+    src = np.repeat(np.arange(ranks), tokens)
+    count = src.size
+    if node_groups is None:
+        experts = np.argsort(rng.random((count, EXPERTS)), axis=1)[:, :TOP_K]
+    else:
+        nodes = ranks // 8
+        groups = min(node_groups, nodes)
+        per_node = EXPERTS // nodes
+        chosen = np.argsort(rng.random((count, nodes)), axis=1)[:, :groups]
+        pool = (chosen[:, :, None] * per_node + np.arange(per_node)).reshape(count, -1)
+        pick = np.argsort(rng.random(pool.shape), axis=1)[:, :TOP_K]
+        experts = np.take_along_axis(pool, pick, axis=1)
+    return src, experts // per_rank, experts
+
+
+def simulate(ranks: int, tokens: int, dispatch: str, out_bytes: float, back_bytes: float,
+             node_groups: int | None, seed: int = 0):
+    """Dispatch and combine seconds of one phase each, and the layer's traffic counts."""
+    cluster = _cluster(ranks)
+    G = cluster.num_gpus
+    src, gpu, experts = _gate(ranks, tokens, node_groups, np.random.default_rng(seed))
+    traffic = layer_traffic(src, gpu, experts, G, 8, EXPERTS)
+    zero = np.zeros(G)
+    builder = StepBuilder(G, 8, dispatch, out_bytes, back_bytes)
+    plan = builder.build(0.0, zero, [[zero]], [[zero]], [[traffic]], zero)
+    routes = route_table(cluster)
+    route_len = (routes < cluster.num_links).sum(axis=2)
+    L = cluster.num_links
+    arrays = plan.graph.arrays()
+    finish = run_graph(*arrays, routes, route_len, 1.0 / cluster.link_bandwidth,
+                       cluster.link_latency, 512.0 * 1024, np.zeros(L), np.zeros(G),
+                       np.zeros((2, L)), np.zeros(L), np.zeros(L), np.zeros((2, G)), np.zeros(G),
+                       1.0, 0.0, 1.0)
+    gemm = np.flatnonzero(arrays[0] == 0)[3 * G:4 * G]  # pre, tail, attn, gemm
+    dispatch_s = finish[gemm[:ranks]].max()
+    combine_s = finish[plan.tail[:ranks]].max() - dispatch_s
+    return dispatch_s, combine_s, traffic
+
+
+def _row(name: str, simulated: float, published: float, unit: str) -> str:
+    err = (simulated - published) / published * 100
+    return f"{name:<34}{simulated:>10.1f}{published:>11.1f} {unit:<5}{err:>+8.1f}%"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helios.bench deepep",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=0, help="seed of the gate draws")
+    args = parser.parse_args(argv)
+    print(f"{'configuration':<34}{'simulated':>10}{'published':>11} {'unit':<5}{'error':>9}")
+    for ranks, pub_d, pub_c in NORMAL:
+        d, c, t = simulate(ranks, 4096, "per_node", FP8_BYTES, BF16_BYTES, 4, args.seed)
+        if ranks == 8:
+            # tokens each rank receives, one per (token, rank), its own tokens included
+            scale = t.per_gpu[:ranks, :ranks].sum(axis=0).mean()
+            label = "normal intranode EP8 NVL"
+        else:
+            scale = t.per_node[:ranks].sum(axis=1).mean()
+            label = f"normal internode EP{ranks} RDMA"
+        print(_row(label + " dispatch", scale * FP8_BYTES / d / 1e9, pub_d, "GB/s"))
+        print(_row(label + " combine", scale * BF16_BYTES / c / 1e9, pub_c, "GB/s"))
+    for ranks, pub_d, pub_c in LOW_LATENCY:
+        d, c, _ = simulate(ranks, 128, "per_expert", LL_FP8_BYTES, BF16_BYTES, None, args.seed)
+        print(_row(f"low-latency EP{ranks} dispatch", d * 1e6, pub_d, "us"))
+        print(_row(f"low-latency EP{ranks} combine", c * 1e6, pub_c, "us"))
+    return 0
+
