@@ -49,6 +49,8 @@ class CellResult:
     tables: dict[str, list[dict[str, Any]]]
     summary: str
     config: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Cost figures that are not results (e.g. the kernel's chunk-hops), for benchmarks."""
 
 
 def cell_id(cfg: CellConfig) -> str:
@@ -135,6 +137,7 @@ def run_cell(cfg: CellConfig | Mapping[str, Any], cache: Any = None) -> CellResu
         metrics, windows, records = ep_cell_metrics(sim), ep_window_records(sim), request_records(sim)
         replica_stats = (0, 0, 0.0)
         events, adaptation_events = next(sim.env._eid) + sim.kernel_tasks, []
+        extra = {"chunk_hops": sim.chunk_hops, "kernel_s": sim.kernel_s}
     else:
         sim = Simulation(cluster, spec, placement, workload, cfg.sim, routing=cfg.strategy.routing,
                          controller=make_controller(cfg)).run()
@@ -142,6 +145,7 @@ def run_cell(cfg: CellConfig | Mapping[str, Any], cache: Any = None) -> CellResu
         replica_stats = (sim.replicas_added, sim.replicas_evicted, sim.replication_bytes)
         # SimPy numbers every scheduled event; the counter's next value is the total.
         events, adaptation_events = next(sim.env._eid), sim.adaptation_events
+        extra = {}
     sim_s = time.perf_counter() - t0
 
     keys = {"sweep": cfg.sweep, "cell_id": cid}
@@ -170,4 +174,4 @@ def run_cell(cfg: CellConfig | Mapping[str, Any], cache: Any = None) -> CellResu
     # serving=ep: "P99 Latency" is the P99 time per output token, goodput its output tokens/s.
     p99 = metrics.tpot_p99_ms if cfg.serving.name == "ep" else metrics.p99_ms
     summary = summary_line(cfg.strategy.name, p99, metrics.goodput_tok_s, metrics.max_link_util)
-    return CellResult(cell_id=cid, tables=tables, summary=summary, config=to_dict(cfg))
+    return CellResult(cell_id=cid, tables=tables, summary=summary, config=to_dict(cfg), extra=extra)

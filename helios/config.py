@@ -157,6 +157,9 @@ class EpServingConfig(ServingConfig):
     output_cv: float = spec(0.0, "coefficient of variation of output lengths (0 = fixed, "
                                  "else lognormal)", ge=0)
     length_clip: float = spec(8.0, "lognormal lengths are clipped to this x their mean", ge=1)
+    initial_decode_requests: int = spec(
+        0, "requests per rank already decoding at time 0 (a warm start at steady load; they "
+           "arrive at 0, so no latency figure counts them)", ge=0)
     kv_memory_fraction: float = spec(0.2, "share of HBM for the KV cache of a rank", gt=0, lt=1)
     kv_cache_bytes: float = spec(2.0, "bytes per KV-cache element (BF16=2, FP8=1)", gt=0)
     ttft_slo_ms: float = spec(2000.0, "time-to-first-token objective, ms", gt=0)
@@ -500,7 +503,15 @@ def _check_ep(cfg: CellConfig) -> None:
         raise ConfigError("serving.dispatch", "per_node",
                           "per_gpu or per_expert on servers of one GPU (per_node forwards "
                           "over a server's NVLink)")
+    serving = cfg.serving
+    if serving.initial_decode_requests > serving.max_running_requests:
+        raise ConfigError("serving.initial_decode_requests", serving.initial_decode_requests,
+                          f"at most serving.max_running_requests ({serving.max_running_requests})")
     budget, need = kv_budget_tokens(cfg), longest_request(cfg.serving)
+    if serving.initial_decode_requests * need > budget:
+        raise ConfigError("serving.initial_decode_requests", serving.initial_decode_requests,
+                          f"at most {budget // need} requests of {need} tokens in a rank's KV "
+                          f"cache of {budget} tokens")
     if budget < need:
         raise ConfigError("serving.kv_memory_fraction", cfg.serving.kv_memory_fraction,
                           f"large enough for one request of {need} tokens; it holds {budget} "

@@ -17,7 +17,8 @@ Model (how SGLang, vLLM and DeepSeek serve MoE with DP attention + EP MoE):
   (attention + shared experts, dispatch, one grouped GEMM per rank, combine;
   :mod:`helios.sim.ep.step`) and the LM head, with roofline compute times
   (:mod:`helios.sim.ep.roofline`). The gate draws the top-k experts of every token
-  of the batch from the layer's popularity at the step's start (cell gate stream).
+  of the batch from the layer's popularity at the step's start (cell gate stream;
+  :mod:`helios.sim.ep.gate`).
 * **Replicas**: a token goes to one replica of each chosen expert: the nearest one by
   unloaded path latency from its rank (``strategy.routing=nearest``) or the next in
   turn (``round_robin``, token by token).
@@ -48,7 +49,8 @@ from helios.sim.ep.roofline import step_costs
 from helios.sim.ep.scheduler import Batch, RankScheduler, ServedRequest
 from helios.sim.ep.step import StepBuilder, layer_traffic
 from helios.sim.kernel import run_graph
-from helios.workload import Workload, sample_top_k
+from helios.sim.ep.gate import alias_table, fast_top_k
+from helios.workload import Workload
 
 
 @dataclass
@@ -130,6 +132,7 @@ class EpSimulation:
         self.queue_samples: list[tuple[float, int]] = []
         """(time, requests in the system) every ``sim.window_s / 20`` (a sampler process)."""
         self._idle: simpy.Event | None = None
+        self._alias_cache: dict[int, tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]] = {}
         self._next_rank = 0
         self.env.process(self._arrivals())
         self.env.process(self._steps())
@@ -186,10 +189,34 @@ class EpSimulation:
         value = rng.lognormal(np.log(mean) - sigma2 / 2, np.sqrt(sigma2))
         return int(min(max(1, round(value)), np.ceil(self.serving.length_clip * mean)))
 
+    def _warm_start(self, rng: np.random.Generator) -> int:
+        """Put ``serving.initial_decode_requests`` decoding requests on every rank at time 0.
+
+        Each has its prompt prefilled and a uniform share of its output produced, so that
+        their completions spread out as in a steady state. Returns the next request id.
+        """
+        s = self.serving
+        rid = 0
+        for rank in self.ranks:
+            for _ in range(s.initial_decode_requests):
+                prompt = self._length(rng, s.prompt_tokens, s.prompt_cv)
+                output = self._length(rng, s.output_tokens, s.output_cv)
+                req = ServedRequest(rid, 0.0, rank.rank, prompt, output, prefilled=prompt,
+                                    generated=int(rng.integers(1, output)) if output > 1 else 0,
+                                    first_token_s=0.0, warm=True)
+                if not rank.admit_running(req):
+                    raise ValueError(f"serving.initial_decode_requests={s.initial_decode_requests}"
+                                     " does not fit a rank's running batch or KV cache")
+                self.requests.append(req)
+                self.in_system += 1
+                rid += 1
+        return rid
+
     def _arrivals(self):
         rng = self.workload._size_rng
         s = self.serving
-        for rid, t in enumerate(self.workload.arrival_times()):
+        first = self._warm_start(rng)
+        for rid, t in enumerate(self.workload.arrival_times(), start=first):
             yield self.env.timeout(t - self.env.now)
             prompt = self._length(rng, s.prompt_tokens, s.prompt_cv)
             output = self._length(rng, s.output_tokens, s.output_cv)
@@ -244,7 +271,7 @@ class EpSimulation:
                 empty = np.zeros((0, self.top_k), dtype=np.int64)
                 out.append((src, empty, empty))
                 continue
-            experts = sample_top_k(popularity[l], count, self.top_k, rng)
+            experts = fast_top_k(popularity[l], count, self.top_k, rng, self._alias(l, popularity[l]))
             if self.routing == "nearest":
                 gpu = self.nearest[l][src[:, None], experts]
             else:
@@ -252,6 +279,14 @@ class EpSimulation:
                 gpu = self.replica_table[l][experts, turn % self.replica_count[l][experts]]
             out.append((src, gpu, experts))
         return out
+
+    def _alias(self, layer: int, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Alias table of a layer's popularity, rebuilt only when the popularity changes."""
+        cached = self._alias_cache.get(layer)
+        if cached is None or not np.array_equal(cached[0], probs):
+            cached = (probs.copy(), alias_table(probs))
+            self._alias_cache[layer] = cached
+        return cached[1]
 
     def _run_step(self, batches: list[Batch]) -> float:
         now = self.env.now

@@ -47,7 +47,7 @@ def request_records(sim: EpSimulation) -> list[RequestRecord]:
 
 def _latencies(sim: EpSimulation) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """TTFT, TPOT, E2E (ms; inf if unfinished) and output lengths of the measured requests."""
-    reqs = [r for r in sim.requests if sim.start <= r.arrival < sim.end]
+    reqs = [r for r in sim.requests if sim.start <= r.arrival < sim.end and not r.warm]
     ttft = np.array([(r.first_token_s - r.arrival) * 1e3 if not np.isnan(r.first_token_s)
                      else np.inf for r in reqs])
     e2e = np.array([(r.finish_s - r.arrival) * 1e3 if not np.isnan(r.finish_s) else np.inf
@@ -64,7 +64,7 @@ def ep_cell_metrics(sim: EpSimulation) -> CellMetrics:
     s = sim.serving
     ttft, tpot, e2e, _ = _latencies(sim)
     good = (ttft <= s.ttft_slo_ms) & ~(tpot > s.tpot_slo_ms)  # NaN TPOT (1 token) passes
-    done = [r for r in sim.requests if sim.start <= r.finish_s < sim.end]
+    done = [r for r in sim.requests if sim.start <= r.finish_s < sim.end and not r.warm]
     good_done = [r for r in done
                  if (r.first_token_s - r.arrival) * 1e3 <= s.ttft_slo_ms
                  and (r.output < 2 or (r.finish_s - r.first_token_s) / (r.output - 1) * 1e3

@@ -35,6 +35,8 @@ class ServedRequest:
     generated: int = 0
     first_token_s: float = float("nan")
     finish_s: float = float("nan")
+    warm: bool = False
+    """Put in the running batch at time 0 by a warm start; no latency figure counts it."""
 
 
 @dataclass
@@ -89,6 +91,15 @@ class RankScheduler:
 
     def add(self, req: ServedRequest) -> None:
         self.waiting.append(req)
+
+    def admit_running(self, req: ServedRequest) -> bool:
+        """Put ``req`` straight into the running set (a warm start); False if it does not fit."""
+        if len(self.running) >= self.max_running or \
+                self.kv_used + req.prompt + req.output > self.kv_budget:
+            return False
+        self.kv_used += req.prompt + req.output
+        self.running.append(req)
+        return True
 
     def form_batch(self) -> Batch:
         """The next step's batch (admits waiting requests; changes no progress counter)."""
