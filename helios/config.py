@@ -144,6 +144,8 @@ class EpServingConfig(ServingConfig):
 
     dispatch: str = spec("per_node", "how dispatched tokens are counted",
                          choices=("per_gpu", "per_node", "per_expert"))
+    relay_chunks: int = spec(8, "per_node: pieces per relayed flow, so that the RDMA and NVLink "
+                                "stages pipeline", ge=1, le=64)
     overlap: str = spec("none", "two_batch: two micro-batches overlap communication and compute",
                         choices=("none", "two_batch"))
     dp_balance: str = spec("round_robin", "which attention rank a new request joins",

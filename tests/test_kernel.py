@@ -102,3 +102,13 @@ def test_tasks_wait_for_predecessors_and_share_a_gpu_in_ready_order():
     assert finish[d] == pytest.approx(1.5e-3)
     assert finish[m] == pytest.approx(one_chunk)
     assert finish[c] == pytest.approx(one_chunk + 2e-3)
+
+
+@pytest.mark.parametrize("nbytes", [3e3, 5e5, 2.3e6, 5e6])
+def test_transfer_time_is_the_idle_network_delivery_of_the_link_model(nbytes):
+    cluster = fat_tree(4, gpus_per_server=2, seed=0)
+    chunk = 512 * 1024
+    for src, dst in [(0, 1), (0, 5), (3, 30)]:
+        traffic = (np.array([0.0]), np.array([src]), np.array([dst]), np.array([nbytes]))
+        expected, _ = _simpy_delivery(cluster, chunk, traffic)
+        assert cluster.transfer_time(src, dst, nbytes, chunk) == pytest.approx(expected[0], rel=1e-12)

@@ -157,6 +157,33 @@ class Cluster:
             self._lat_bw[key] = lat_bw
         return lat_bw[0] + nbytes / lat_bw[1]
 
+    def transfer_time(self, src_gpu: int, dst_gpu: int, nbytes: float, chunk: float) -> float:
+        """Unloaded delivery time under the simulator's own link model (store and forward).
+
+        The message is cut into chunks of at most ``chunk`` bytes; each hop serialises a
+        whole chunk before forwarding it, so chunks pipeline across hops: the first
+        chunk pays every hop's serialisation and latency, every later chunk one more
+        serialisation at the slowest hop. This is exactly the delivery time
+        :class:`helios.sim.network.Network` gives on an idle network (checked in the
+        tests), unlike :meth:`path_latency`'s cut-through figure. 0 for the same GPU.
+        """
+        if src_gpu == dst_gpu or nbytes <= 0:
+            return 0.0
+        path = self.route(src_gpu, dst_gpu)
+        full, rest = divmod(float(nbytes), float(chunk))
+        sizes = [chunk] * int(full) + ([rest] if rest > 0 else [])
+        # Event recursion of the FIFO model with every link idle at time 0.
+        free = [0.0] * len(path)
+        done = 0.0
+        for size in sizes:
+            t = 0.0
+            for h, link in enumerate(path):
+                begin = max(t, free[h])
+                free[h] = begin + size / self._bw[link]
+                t = free[h] + self._lat[link]
+            done = t
+        return done
+
     def incidence(self) -> sp.csr_matrix:
         """Route-link incidence, shape ``(num_gpus**2, num_links)``.
 

@@ -20,8 +20,9 @@ Model (how SGLang, vLLM and DeepSeek serve MoE with DP attention + EP MoE):
   of the batch from the layer's popularity at the step's start (cell gate stream;
   :mod:`helios.sim.ep.gate`).
 * **Replicas**: a token goes to one replica of each chosen expert: the nearest one by
-  unloaded path latency from its rank (``strategy.routing=nearest``) or the next in
-  turn (``round_robin``, token by token).
+  unloaded delivery time of one token from its rank under the engine's own
+  store-and-forward link model (:meth:`Cluster.transfer_time`;
+  ``strategy.routing=nearest``), or the next in turn (``round_robin``, token by token).
 * **Network**: the step's messages go through the compiled FIFO-link kernel
   (:mod:`helios.sim.kernel`), exactly the link model of ``serving=request``; link
   queues persist across steps. SimPy sees one event per step: a step's tasks are
@@ -106,7 +107,8 @@ class EpSimulation:
         self.costs = step_costs(cfg.model, cfg.gpu, cfg.serving)
         self.builder = StepBuilder(cluster.num_gpus, cluster.gpus_per_server, cfg.serving.dispatch,
                                    cfg.model.hidden_size * cfg.model.dispatch_bytes,
-                                   cfg.model.hidden_size * cfg.model.combine_bytes)
+                                   cfg.model.hidden_size * cfg.model.combine_bytes,
+                                   cfg.serving.relay_chunks)
         self._replica_tables(placement, cfg.strategy.routing)
         kv_tokens = kv_budget_tokens(cfg)
         self.ranks = [RankScheduler(r, cfg.serving.max_running_requests,
@@ -125,6 +127,8 @@ class EpSimulation:
         self.network_bytes = 0.0
         self.kernel_tasks = 0
         self.chunk_hops = 0
+        self.hop_bytes = 0.0
+        """Bytes x hops of every step message (what the links must have carried)."""
         self.kernel_s = 0.0
         """Wall seconds spent in the network kernel (for ``helios.bench engine``)."""
         self.cross_server_bytes = 0.0
@@ -152,8 +156,10 @@ class EpSimulation:
                 self.replica_count[l, e] = len(gpus)
         self.routing = routing
         if routing == "nearest":
+            # Cost of one token's dispatch under the engine's own (store-and-forward) model.
             nbytes = self.cfg.model.hidden_size * self.cfg.model.dispatch_bytes
-            lat = np.array([[self.cluster.path_latency(s, d, nbytes) for d in range(G)]
+            chunk = self.sim_cfg.chunk_kib * 1024
+            lat = np.array([[self.cluster.transfer_time(s, d, nbytes, chunk) for d in range(G)]
                             for s in range(G)])
             cand = self.replica_table  # (L, E, R)
             valid = np.arange(width)[None, None, :] < self.replica_count[:, :, None]
@@ -343,7 +349,9 @@ class EpSimulation:
         kind, src, dst, nbytes = arrays[:4]
         msg = (kind == 1) & (nbytes > 0) & (src != dst)
         chunks = np.ceil(nbytes[msg] / self.chunk)
-        self.chunk_hops += int((chunks * self.route_len[src[msg], dst[msg]]).sum())
+        hops = self.route_len[src[msg], dst[msg]]
+        self.chunk_hops += int((chunks * hops).sum())
+        self.hop_bytes += float((nbytes[msg] * hops).sum())
 
     # ------------------------------------------------------------------ run
     def run(self) -> "EpSimulation":

@@ -15,7 +15,8 @@ do, idle ones with an empty batch) and every simulated MoE layer ``l``:
   ``per_node``: as DeepEP's normal kernels, one RDMA copy per (token, destination
   server) to the GPU of that server with ``r``'s local index, which forwards one copy
   per (token, destination GPU) over NVLink; GPUs of ``r``'s own server get theirs
-  over NVLink directly;
+  over NVLink directly. Relayed flows go in ``serving.relay_chunks`` pieces, each
+  forwarded as soon as it is in, so the two stages pipeline as DeepEP's kernels do;
 * ``gemm[l, j]`` (compute on ``j``): one grouped GEMM over everything ``j``
   received; it waits for all of ``j``'s incoming dispatch messages and ``attn[l, j]``;
 * **combine** messages send the results back by the reverse routes (``per_node``:
@@ -112,11 +113,15 @@ class StepBuilder:
         ``per_gpu``, ``per_node`` or ``per_expert``.
     dispatch_token_bytes, combine_token_bytes : float
         Bytes of one token's hidden vector sent out and back.
+    relay_chunks : int
+        ``per_node``: pieces of every relayed flow (see :meth:`_exchange_per_node`).
     """
 
     def __init__(self, num_gpus: int, gpus_per_server: int, dispatch: str,
-                 dispatch_token_bytes: float, combine_token_bytes: float) -> None:
+                 dispatch_token_bytes: float, combine_token_bytes: float,
+                 relay_chunks: int = 8) -> None:
         self.G, self.gps, self.dispatch = num_gpus, gpus_per_server, dispatch
+        self.relay_chunks = relay_chunks
         self.db, self.cb = dispatch_token_bytes, combine_token_bytes
         self.ranks = np.arange(num_gpus)
         self.node = self.ranks // gpus_per_server
@@ -193,34 +198,62 @@ class StepBuilder:
             return np.concatenate([back, gemm]), np.concatenate([r[o], self.ranks])
         return self._exchange_per_node(graph, attn, gemm, t)
 
+    def _pieces(self, count: np.ndarray) -> np.ndarray:
+        """``count`` tokens of each flow split into :attr:`relay_chunks` near-equal pieces: (K, P)."""
+        K = self.relay_chunks
+        k = np.arange(K)[:, None]
+        return count[None, :] // K + (k < count[None, :] % K)
+
     def _exchange_per_node(self, graph, attn, gemm, t: LayerTraffic):
-        G, node = self.G, self.node
-        # RDMA copies to the relay GPU (same local index) of every other server.
+        """DeepEP's normal kernels: RDMA to a relay per server, NVLink forwarding, and back.
+
+        Every relayed flow goes in :attr:`relay_chunks` pieces, and a relay forwards (or,
+        in the combine, sends over RDMA) piece ``k`` as soon as piece ``k`` is in, so the
+        RDMA and NVLink stages pipeline as DeepEP's chunked kernels do.
+        """
+        G, node, K = self.G, self.node, self.relay_chunks
+        N = G // self.gps
+        # RDMA pieces to the relay GPU (same local index) of every other server.
         r, n = self._staggered(*np.nonzero(t.per_node), nodes=True)
-        relay = n * self.gps + self.local[r]
-        rdma = self._messages(graph, r, relay, t.per_node[r, n], self.db)
-        graph.edges(attn[r], rdma)
-        rdma_id = np.full((G, G // self.gps), -1, dtype=np.int64)
-        rdma_id[r, n] = rdma
-        # Per destination GPU: NVLink from the relay (other servers) or from r (own server).
+        P = r.size
+        R, Nn = np.tile(r, K), np.tile(n, K)
+        Kp, C = np.repeat(np.arange(K), P), self._pieces(t.per_node[r, n]).ravel()
+        Rel = Nn * self.gps + self.local[R]
+        o = np.lexsort((self._key(R, Nn, nodes=True), Kp, R))
+        rdma = self._messages(graph, R[o], Rel[o], C[o], self.db)
+        graph.edges(attn[R[o]], rdma)
+        rdma_id = np.full((K, G, N), -1, dtype=np.int64)
+        rdma_id[Kp[o], R[o], Nn[o]] = rdma
+        # GPUs of the sender's own server get theirs over NVLink directly.
         r2, j = self._staggered(*np.nonzero(t.per_gpu))
-        cross = node[j] != node[r2]
-        via = np.where(cross, node[j] * self.gps + self.local[r2], r2)
-        nvl = self._messages(graph, via, j, t.per_gpu[r2, j], self.db)
-        graph.edges(rdma_id[r2[cross], node[j[cross]]], nvl[cross])
-        graph.edges(attn[r2[~cross]], nvl[~cross])
-        graph.edges(nvl, gemm[j])
-        # Combine: NVLink back to the relay, then one RDMA copy per token and server, each
-        # GPU sending in its own staggered order.
-        o = self._order(j, self._key(j, via))
-        jo, via_o, r2o, cross_o = j[o], via[o], r2[o], cross[o]
-        nvl_back = self._messages(graph, jo, via_o, t.per_gpu[r2o, jo], self.cb)
-        graph.edges(gemm[jo], nvl_back)
-        p = self._order(relay, self._key(relay, node[r], nodes=True))
-        rdma_back = self._messages(graph, relay[p], r[p], t.per_node[r[p], n[p]], self.cb)
-        back_id = np.full((G, G // self.gps), -1, dtype=np.int64)
-        back_id[r[p], n[p]] = rdma_back
-        graph.edges(nvl_back[cross_o], back_id[r2o[cross_o], node[jo[cross_o]]])
-        ends = np.concatenate([rdma_back, nvl_back[~cross_o], gemm])
-        ranks = np.concatenate([r[p], r2o[~cross_o], self.ranks])
+        same = node[j] == node[r2]
+        rd, jd = r2[same], j[same]
+        direct = self._messages(graph, rd, jd, t.per_gpu[rd, jd], self.db)
+        graph.edges(attn[rd], direct)
+        graph.edges(direct, gemm[jd])
+        # Forwarded pieces: relay -> destination GPU over NVLink, after the RDMA piece.
+        rc, jc = r2[~same], j[~same]
+        Q = rc.size
+        RC, JC = np.tile(rc, K), np.tile(jc, K)
+        KQ, FC = np.repeat(np.arange(K), Q), self._pieces(t.per_gpu[rc, jc]).ravel()
+        VIA = node[JC] * self.gps + self.local[RC]
+        o2 = np.lexsort((self._key(VIA, JC), KQ, VIA))
+        fwd = self._messages(graph, VIA[o2], JC[o2], FC[o2], self.db)
+        graph.edges(rdma_id[KQ[o2], RC[o2], node[JC[o2]]], fwd)
+        graph.edges(fwd, gemm[JC[o2]])
+        # Combine, each GPU in its own staggered order: direct NVLink back within a server;
+        # NVLink pieces to the relay, which sends one RDMA copy per token and piece.
+        ob = self._order(jd, self._key(jd, rd))
+        direct_back = self._messages(graph, jd[ob], rd[ob], t.per_gpu[rd[ob], jd[ob]], self.cb)
+        graph.edges(gemm[jd[ob]], direct_back)
+        o3 = np.lexsort((self._key(JC, VIA), KQ, JC))
+        nvl_back = self._messages(graph, JC[o3], VIA[o3], FC[o3], self.cb)
+        graph.edges(gemm[JC[o3]], nvl_back)
+        o4 = np.lexsort((self._key(Rel, node[R], nodes=True), Kp, Rel))
+        rdma_back = self._messages(graph, Rel[o4], R[o4], C[o4], self.cb)
+        back_id = np.full((K, G, N), -1, dtype=np.int64)
+        back_id[Kp[o4], R[o4], Nn[o4]] = rdma_back
+        graph.edges(nvl_back, back_id[KQ[o3], RC[o3], node[JC[o3]]])
+        ends = np.concatenate([rdma_back, direct_back, gemm])
+        ranks = np.concatenate([R[o4], rd[ob], self.ranks])
         return ends, ranks
