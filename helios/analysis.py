@@ -45,14 +45,19 @@ import pandas as pd
 from helios.errors import ConfigError
 from helios.stats import describe, holm, paired_change, paired_test, seeded_rng
 
-DEFAULT_METRICS = ("p99_ms", "p50_ms", "goodput_tok_s", "max_link_util", "gpu_load_imbalance",
-                   "replication_bytes")
+#: Default metrics, in report order; those a sweep has no value of (e.g. the serving=ep
+#: figures of a serving=request sweep) are left out.
+DEFAULT_METRICS = ("tpot_p99_ms", "ttft_p99_ms", "p99_ms", "p50_ms", "goodput_tok_s",
+                   "output_tok_s", "step_ms_mean", "balancedness", "max_link_util",
+                   "gpu_load_imbalance", "replication_bytes")
 DEFAULT_GROUP_BY = ("topology", "model", "scenario")
 DEFAULT_BASELINE = "round_robin"
 CI_METHODS = ("t", "bootstrap")
 TESTS = ("t", "wilcoxon")
 #: Metrics where a larger value is better; every other metric is better when smaller.
-HIGHER_IS_BETTER = frozenset({"goodput_tok_s", "throughput_tok_s", "slo_attainment"})
+HIGHER_IS_BETTER = frozenset({"goodput_tok_s", "throughput_tok_s", "slo_attainment", "input_tok_s",
+                              "output_tok_s", "input_tok_s_per_gpu", "output_tok_s_per_gpu",
+                              "goodput_req_s", "balancedness"})
 #: Columns that are not metrics even when numeric.
 _NOT_METRICS = frozenset({"seed", "events", "sim_s", "placement_s", "ilp_gap"})
 
@@ -146,7 +151,7 @@ def settings_for(cells: pd.DataFrame, baseline: str | None = None, metrics: Sequ
     allowed = metric_columns(cells)
     skipped: tuple[str, ...] = ()
     if metrics is None:
-        chosen = tuple(m for m in DEFAULT_METRICS if m in allowed)
+        chosen = tuple(m for m in DEFAULT_METRICS if m in allowed and cells[m].notna().any())
         skipped = tuple(m for m in DEFAULT_METRICS if m not in allowed)
         if not chosen:
             raise ConfigError("metrics", ",".join(DEFAULT_METRICS), "columns of the cells table; none present")

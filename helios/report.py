@@ -38,6 +38,9 @@ TITLES = {
     "mean_ms": "mean latency (ms)", "goodput_tok_s": "goodput (tokens/s)",
     "throughput_tok_s": "throughput (tokens/s)", "max_link_util": "max link utilisation (fraction)",
     "gpu_load_imbalance": "GPU load imbalance (max/mean)", "replication_bytes": "replication bytes",
+    "tpot_p99_ms": "P99 time per output token (ms)", "ttft_p99_ms": "P99 time to first token (ms)",
+    "output_tok_s": "output throughput (tokens/s)", "step_ms_mean": "mean step time (ms)",
+    "balancedness": "balancedness (mean/max tokens per GPU)",
 }
 _TEST_NAMES = {"t": "paired t-test (scipy.stats.ttest_rel)",
                "wilcoxon": "Wilcoxon signed-rank test (scipy.stats.wilcoxon, exact for small n)"}
