@@ -7,8 +7,7 @@ import pytest
 import simpy
 from simpy.events import Timeout
 
-from helios.sim.adaptation.base import route_table
-from helios.sim.kernel import TaskGraph, run_graph, run_graph_py
+from helios.sim.kernel import LinkState, TaskGraph
 from helios.sim.network import LinkMeter, Network
 from helios.topology import dragonfly, fat_tree
 
@@ -46,20 +45,13 @@ def _simpy_delivery(cluster, chunk, traffic):
     return done, meter
 
 
-def _kernel_delivery(cluster, chunk, traffic, fn):
+def _kernel_delivery(cluster, chunk, traffic, compiled):
     times, src, dst, nbytes = traffic
     graph = TaskGraph()
     graph.message(src, dst, nbytes, times)
-    routes = route_table(cluster)
-    route_len = (routes < cluster.num_links).sum(axis=2)
-    L, G = cluster.num_links, cluster.num_gpus
-    W = int(np.ceil(HORIZON / WINDOW)) + 1
-    link_win, gpu_win = np.zeros((W, L)), np.zeros((W, G))
-    link_meas, link_bytes = np.zeros(L), np.zeros(L)
-    finish = fn(*graph.arrays(), routes, route_len, 1.0 / cluster.link_bandwidth,
-                cluster.link_latency, float(chunk), np.zeros(L), np.zeros(G), link_win,
-                link_meas, link_bytes, gpu_win, np.zeros(G), WINDOW, MSTART, MEND)
-    return finish, link_win, link_meas, link_bytes
+    state = LinkState(cluster, chunk, WINDOW, HORIZON, MSTART, MEND)
+    finish = state.run(graph.arrays(), compiled=compiled)
+    return finish, state.link_win, state.link_meas, state.link_bytes
 
 
 @pytest.mark.parametrize("make", [lambda: fat_tree(4, gpus_per_server=4, seed=0),
@@ -71,8 +63,8 @@ def test_kernel_delivers_exactly_when_the_simpy_network_does(make, seed):
     traffic = _recorded_traffic(cluster, np.random.default_rng(seed), 600)
     chunk = 512 * 1024
     expected, meter = _simpy_delivery(cluster, chunk, traffic)
-    for fn in (run_graph, run_graph_py):
-        finish, link_win, link_meas, link_bytes = _kernel_delivery(cluster, chunk, traffic, fn)
+    for compiled in (True, False):
+        finish, link_win, link_meas, link_bytes = _kernel_delivery(cluster, chunk, traffic, compiled)
         np.testing.assert_array_equal(finish, expected)
         np.testing.assert_allclose(link_bytes, meter.bytes_total, rtol=0, atol=1e-6)
         np.testing.assert_allclose(link_meas, meter.busy_measured, rtol=1e-9, atol=1e-15)
@@ -89,12 +81,7 @@ def test_tasks_wait_for_predecessors_and_share_a_gpu_in_ready_order():
     c = graph.compute(2, 2e-3)                 # GPU 2: after the message
     graph.edges(m, c)
     d = graph.compute(0, 5e-4, start=2e-4)     # ready at 0.2 ms, waits for a (FIFO)
-    routes = route_table(cluster)
-    route_len = (routes < cluster.num_links).sum(axis=2)
-    L, G = cluster.num_links, cluster.num_gpus
-    finish = run_graph(*graph.arrays(), routes, route_len, 1.0 / cluster.link_bandwidth,
-                       cluster.link_latency, 1e9, np.zeros(L), np.zeros(G), np.zeros((3, L)),
-                       np.zeros(L), np.zeros(L), np.zeros((3, G)), np.zeros(G), 1.0, 0.0, 3.0)
+    finish = LinkState(cluster, 1e9, window=1.0, horizon=2.0, measure_end=3.0).run(graph.arrays())
     path = cluster.route(0, 2)
     one_chunk = 1e-3 + sum(1e6 / cluster.link_bandwidth[link] + cluster.link_latency[link]
                            for link in path)

@@ -27,9 +27,8 @@ import argparse
 
 import numpy as np
 
-from helios.sim.adaptation.base import route_table
 from helios.sim.ep.step import StepBuilder, layer_traffic
-from helios.sim.kernel import run_graph
+from helios.sim.kernel import LinkState
 from helios.topology import fat_tree
 
 HIDDEN, TOP_K, EXPERTS = 7168, 8, 256
@@ -78,14 +77,8 @@ def simulate(ranks: int, tokens: int, dispatch: str, out_bytes: float, back_byte
     zero = np.zeros(G)
     builder = StepBuilder(G, 8, dispatch, out_bytes, back_bytes)
     plan = builder.build(0.0, zero, [[zero]], [[zero]], [[traffic]], zero)
-    routes = route_table(cluster)
-    route_len = (routes < cluster.num_links).sum(axis=2)
-    L = cluster.num_links
     arrays = plan.graph.arrays()
-    finish = run_graph(*arrays, routes, route_len, 1.0 / cluster.link_bandwidth,
-                       cluster.link_latency, 512.0 * 1024, np.zeros(L), np.zeros(G),
-                       np.zeros((2, L)), np.zeros(L), np.zeros(L), np.zeros((2, G)), np.zeros(G),
-                       1.0, 0.0, 1.0)
+    finish = LinkState(cluster, 512.0 * 1024).run(arrays)
     gemm = np.flatnonzero(arrays[0] == 0)[3 * G:4 * G]  # pre, tail, attn, gemm
     dispatch_s = finish[gemm[:ranks]].max()
     combine_s = finish[plan.tail[:ranks]].max() - dispatch_s

@@ -298,6 +298,54 @@ run_graph = _njit(_run_graph) if numba is not None else _run_graph
 run_graph_py = _run_graph
 
 
+class LinkState:
+    """A cluster's links and GPUs as the kernel sees them, kept across :meth:`run` calls.
+
+    Parameters
+    ----------
+    cluster : helios.topology.Cluster
+    chunk : float
+        Bytes per chunk.
+    window, horizon : float
+        Width of a metering window and the time by which everything has ended, s.
+    measure_start, measure_end : float
+        The measured interval.
+
+    Attributes
+    ----------
+    link_free, gpu_free : ndarray
+        When each link / GPU is next free.
+    link_win, gpu_win : ndarray, shape (windows, links) / (windows, GPUs)
+        Busy seconds per window.
+    link_meas, gpu_meas, link_bytes : ndarray
+        Busy seconds inside the measured interval, and bytes each link carried.
+    """
+
+    def __init__(self, cluster, chunk: float, window: float = 1.0, horizon: float = 1.0,
+                 measure_start: float = 0.0, measure_end: float = 1.0) -> None:
+        from helios.sim.adaptation.base import route_table
+
+        self.routes = route_table(cluster)
+        self.route_len = (self.routes < cluster.num_links).sum(axis=2).astype(np.int64)
+        self.inv_bw = 1.0 / cluster.link_bandwidth
+        self.latency = cluster.link_latency.astype(float)
+        self.chunk, self.window = float(chunk), float(window)
+        self.start, self.end = float(measure_start), float(measure_end)
+        windows = int(np.ceil(horizon / window)) + 1
+        links, gpus = cluster.num_links, cluster.num_gpus
+        self.link_free, self.gpu_free = np.zeros(links), np.zeros(gpus)
+        self.link_win, self.gpu_win = np.zeros((windows, links)), np.zeros((windows, gpus))
+        self.link_meas, self.gpu_meas = np.zeros(links), np.zeros(gpus)
+        self.link_bytes = np.zeros(links)
+
+    def run(self, arrays: tuple[np.ndarray, ...], compiled: bool = True) -> np.ndarray:
+        """Run a graph (:meth:`TaskGraph.arrays`) from the current state; its finish times."""
+        fn = run_graph if compiled else run_graph_py
+        return fn(*arrays, self.routes, self.route_len, self.inv_bw, self.latency, self.chunk,
+                  self.link_free, self.gpu_free, self.link_win, self.link_meas, self.link_bytes,
+                  self.gpu_win, self.gpu_meas, self.window, self.start, self.end)
+
+
 @dataclass
 class TaskGraph:
     """A step's tasks being built: append tasks, then edges, then :meth:`arrays`.

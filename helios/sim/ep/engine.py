@@ -45,11 +45,10 @@ import simpy
 
 from helios.config import GIB, CellConfig
 from helios.placement.base import Placement
-from helios.sim.adaptation.base import route_table
 from helios.sim.ep.roofline import step_costs
 from helios.sim.ep.scheduler import Batch, RankScheduler, ServedRequest
 from helios.sim.ep.step import StepBuilder, layer_traffic
-from helios.sim.kernel import run_graph
+from helios.sim.kernel import LinkState
 from helios.sim.ep.gate import alias_table, fast_top_k
 from helios.workload import Workload
 
@@ -171,21 +170,14 @@ class EpSimulation:
             self.nearest = self.nearest.transpose(1, 0, 2).copy()  # (L, G, E)
 
     def _network_state(self) -> None:
-        c = self.cluster
-        self.routes = route_table(c)
-        self.route_len = (self.routes < c.num_links).sum(axis=2).astype(np.int64)
-        self.inv_bw = 1.0 / c.link_bandwidth
-        self.latency = c.link_latency.astype(float)
-        self.chunk = float(self.sim_cfg.chunk_kib * 1024)
         self.window = self.sim_cfg.window_s
-        windows = int(np.ceil(self.horizon / self.window)) + 1
-        self.link_free = np.zeros(c.num_links)
-        self.gpu_free = np.zeros(self.num_gpus)
-        self.link_win = np.zeros((windows, c.num_links))
-        self.gpu_win = np.zeros((windows, self.num_gpus))
-        self.link_meas = np.zeros(c.num_links)
-        self.gpu_meas = np.zeros(self.num_gpus)
-        self.link_bytes = np.zeros(c.num_links)
+        self.links = LinkState(self.cluster, self.sim_cfg.chunk_kib * 1024, self.window,
+                               self.horizon, self.start, self.end)
+        # The metering arrays, under the names the metrics read.
+        self.route_len, self.chunk = self.links.route_len, self.links.chunk
+        self.link_win, self.gpu_win = self.links.link_win, self.links.gpu_win
+        self.link_meas, self.gpu_meas = self.links.link_meas, self.links.gpu_meas
+        self.link_bytes = self.links.link_bytes
 
     # ------------------------------------------------------------------ requests
     def _length(self, rng: np.random.Generator, mean: int, cv: float) -> int:
@@ -330,10 +322,7 @@ class EpSimulation:
         self.kernel_tasks += arrays[0].size
         self._count_chunk_hops(arrays)
         t0 = time.perf_counter()
-        finish = run_graph(*arrays, self.routes, self.route_len, self.inv_bw, self.latency,
-                           self.chunk, self.link_free, self.gpu_free, self.link_win,
-                           self.link_meas, self.link_bytes, self.gpu_win, self.gpu_meas,
-                           self.window, self.start, self.end)
+        finish = self.links.run(arrays)
         self.kernel_s += time.perf_counter() - t0
         end = float(finish[plan.tail].max())
         if measured:
