@@ -36,11 +36,15 @@ try:  # numba is a pinned dependency; the fallback keeps the reference importabl
     import numba
 
     _njit = numba.njit(cache=True, nogil=True)
+    # Hot helpers are inlined into the loop at numba's IR level (a call costs ~15% here).
+    _njit_inline = numba.njit(cache=True, nogil=True, inline="always")
 except ImportError:  # pragma: no cover
     numba = None
 
     def _njit(fn):
         return fn
+
+    _njit_inline = _njit
 
 COMPUTE, MESSAGE = 0, 1
 _START, _HOP, _DONE = 0, 1, 2
@@ -127,6 +131,22 @@ def _pack(op, hop, last, ev):
     return (op << _OP_SHIFT) | (last << _LAST_SHIFT) | (hop << _HOP_SHIFT) | ev
 
 
+@_njit_inline
+def _enter_link(op, next_hop, last, size, link, now, inv_bw, latency, link_free, link_win,
+                link_meas, link_bytes, window, inv_window, mstart, mend, ht, hs, hp, size_h, seq):
+    """A chunk of ``size`` bytes of task ``op`` enters ``link`` at ``now``: queue it FIFO,
+    meter it and schedule its arrival at hop ``next_hop``; returns the heap size."""
+    free = link_free[link]
+    begin = free if free > now else now
+    end = begin + size * inv_bw[link]
+    link_free[link] = end
+    link_bytes[link] += size
+    _meter_fast(link_win, link_meas, link, begin, end, window, inv_window, mstart, mend)
+    # SimPy's arithmetic (now + delay), so that equal inputs give bit-equal times.
+    return _push(ht, hs, hp, size_h, now + (end + latency[link] - now), seq,
+                 _pack(op, next_hop, last, _HOP))
+
+
 @_njit
 def _begin(op, now, kind, a, b, value, routes, route_len, inv_bw, latency, chunk, link_free,
            gpu_free, link_win, link_meas, link_bytes, gpu_win, gpu_meas, window, inv_window,
@@ -156,15 +176,9 @@ def _begin(op, now, kind, a, b, value, routes, route_len, inv_bw, latency, chunk
     link = routes[src, dst, 0]
     for c in range(count):
         last = 1 if c == count - 1 else 0
-        csize = rest_of[op] if last else chunk
-        free = link_free[link]
-        begin = free if free > now else now
-        end = begin + csize * inv_bw[link]
-        link_free[link] = end
-        link_bytes[link] += csize
-        _meter_fast(link_win, link_meas, link, begin, end, window, inv_window, mstart, mend)
-        size_h = _push(ht, hs, hp, size_h, now + (end + latency[link] - now), seq,
-                       _pack(op, 1, last, _HOP))
+        size_h = _enter_link(op, 1, last, rest_of[op] if last else chunk, link, now, inv_bw,
+                             latency, link_free, link_win, link_meas, link_bytes, window,
+                             inv_window, mstart, mend, ht, hs, hp, size_h, seq)
         seq += 1
     return size_h, seq, False
 
@@ -251,16 +265,10 @@ def _run_graph(kind, a, b, value, start, deps, succ_ptr, succ_idx, routes, route
                 # The last chunk is in: the message is done now (no extra event, as in SimPy).
             else:
                 last = (payload >> _LAST_SHIFT) & 1
-                size = rest_of[op] if last else chunk
-                link = routes[src, dst, hop]
-                free = link_free[link]
-                begin = free if free > now else now
-                end = begin + size * inv_bw[link]
-                link_free[link] = end
-                link_bytes[link] += size
-                _meter_fast(link_win, link_meas, link, begin, end, window, inv_window, mstart, mend)
-                size_h = _push(ht, hs, hp, size_h, now + (end + latency[link] - now), seq,
-                               _pack(op, hop + 1, last, _HOP))
+                size_h = _enter_link(op, hop + 1, last, rest_of[op] if last else chunk,
+                                     routes[src, dst, hop], now, inv_bw, latency, link_free,
+                                     link_win, link_meas, link_bytes, window, inv_window,
+                                     mstart, mend, ht, hs, hp, size_h, seq)
                 seq += 1
                 continue
         # The task is done at `now`: release its successors. A released task starts at
