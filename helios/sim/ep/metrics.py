@@ -28,8 +28,28 @@ from __future__ import annotations
 import numpy as np
 
 from helios.sim.engine import RequestRecord
+from helios.config import EpServingConfig
 from helios.sim.ep.engine import EpSimulation
+from helios.sim.ep.scheduler import ServedRequest
 from helios.sim.metrics import CellMetrics, WindowRecord, percentiles
+
+
+def _times_ms(r: ServedRequest) -> tuple[float, float, float]:
+    """TTFT, TPOT and E2E of a request, ms: inf until they happen; TPOT is NaN for a
+    one-token output (it has no time per output token)."""
+    ttft = (r.first_token_s - r.arrival) * 1e3 if not np.isnan(r.first_token_s) else np.inf
+    e2e = (r.finish_s - r.arrival) * 1e3 if not np.isnan(r.finish_s) else np.inf
+    if r.output < 2:
+        tpot = np.nan
+    else:
+        tpot = (r.finish_s - r.first_token_s) / (r.output - 1) * 1e3 if np.isfinite(e2e) else np.inf
+    return ttft, tpot, e2e
+
+
+def _meets_slos(times: tuple[float, float, float], serving: EpServingConfig) -> bool:
+    """Both objectives met (a NaN TPOT, one output token, passes the TPOT one)."""
+    ttft, tpot, _ = times
+    return bool(ttft <= serving.ttft_slo_ms and not tpot > serving.tpot_slo_ms)
 
 
 def request_records(sim: EpSimulation) -> list[RequestRecord]:
@@ -38,37 +58,22 @@ def request_records(sim: EpSimulation) -> list[RequestRecord]:
     for r in sim.requests:
         if np.isnan(r.finish_s):
             continue
-        tpot = (r.finish_s - r.first_token_s) / (r.output - 1) * 1e3 if r.output > 1 else np.nan
-        out.append(RequestRecord(r.rid, r.arrival, r.finish_s, (r.finish_s - r.arrival) * 1e3,
-                                 r.prompt, r.rank, (r.first_token_s - r.arrival) * 1e3, tpot,
-                                 r.output))
+        ttft, tpot, e2e = _times_ms(r)
+        out.append(RequestRecord(r.rid, r.arrival, r.finish_s, e2e, r.prompt, r.rank, ttft,
+                                 tpot, r.output))
     return out
-
-
-def _latencies(sim: EpSimulation) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """TTFT, TPOT, E2E (ms; inf if unfinished) and output lengths of the measured requests."""
-    reqs = [r for r in sim.requests if sim.start <= r.arrival < sim.end and not r.warm]
-    ttft = np.array([(r.first_token_s - r.arrival) * 1e3 if not np.isnan(r.first_token_s)
-                     else np.inf for r in reqs])
-    e2e = np.array([(r.finish_s - r.arrival) * 1e3 if not np.isnan(r.finish_s) else np.inf
-                    for r in reqs])
-    tpot = np.array([np.nan if r.output < 2 else
-                     (np.inf if np.isnan(r.finish_s) else
-                      (r.finish_s - r.first_token_s) / (r.output - 1) * 1e3) for r in reqs])
-    return ttft, tpot, e2e, np.array([r.output for r in reqs])
 
 
 def ep_cell_metrics(sim: EpSimulation) -> CellMetrics:
     """Summarise a finished ``serving=ep`` simulation."""
     length = sim.end - sim.start
     s = sim.serving
-    ttft, tpot, e2e, _ = _latencies(sim)
-    good = (ttft <= s.ttft_slo_ms) & ~(tpot > s.tpot_slo_ms)  # NaN TPOT (1 token) passes
+    measured = [_times_ms(r) for r in sim.requests
+                if sim.start <= r.arrival < sim.end and not r.warm]
+    ttft, tpot, e2e = np.array(measured, dtype=float).reshape(-1, 3).T
+    good = np.array([_meets_slos(t, s) for t in measured], dtype=bool)
     done = [r for r in sim.requests if sim.start <= r.finish_s < sim.end and not r.warm]
-    good_done = [r for r in done
-                 if (r.first_token_s - r.arrival) * 1e3 <= s.ttft_slo_ms
-                 and (r.output < 2 or (r.finish_s - r.first_token_s) / (r.output - 1) * 1e3
-                      <= s.tpot_slo_ms)]
+    good_done = [r for r in done if _meets_slos(_times_ms(r), s)]
     ended = [st for st in sim.steps if sim.start <= st.end_s < sim.end]
     started = [st for st in sim.steps if sim.start <= st.start_s < sim.end]
     step_ms = np.array([(st.end_s - st.start_s) * 1e3 for st in started])
