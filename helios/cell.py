@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from helios import __version__
-from helios.config import CellConfig, DragonflyConfig, FatTreeConfig, TopologyConfig, cell_config, flatten, simulated_layers, to_dict
+from helios.config import CellConfig, TopologyConfig, cell_config, flatten, simulated_layers, to_dict
 from helios.moe import model_spec
 from helios.placement import PlacementContext
 from helios.placement.cache import DiskPlacementCache, cache_root, obtain_placement
@@ -65,18 +65,7 @@ def build_cluster(topo: TopologyConfig) -> Any:
     """Build (once per process) the cluster a topology config describes."""
     from helios import topology
 
-    common = dict(gpus_per_server=topo.gpus_per_server, nics_per_server=topo.nics_per_server,
-                  nic_per_gpu=topo.nic_per_gpu, nvlink_bandwidth=topo.nvlink_gbyte_s * 1e9, nic_bandwidth=topo.nic_gbit_s / 8 * 1e9,
-                  nvlink_latency=topo.nvlink_latency_us * 1e-6,
-                  link_latency=topo.link_latency_us * 1e-6, seed=ROUTE_SALT)
-    if isinstance(topo, FatTreeConfig):
-        return topology.fat_tree(topo.k, fabric_bandwidth=topo.fabric_gbit_s / 8 * 1e9, **common)
-    if isinstance(topo, DragonflyConfig):
-        return topology.dragonfly(topo.a, topo.p, topo.h, topo.g,
-                                  local_bandwidth=topo.local_gbit_s / 8 * 1e9,
-                                  global_bandwidth=topo.global_gbit_s / 8 * 1e9,
-                                  routing=topo.routing, **common)
-    raise TypeError(type(topo))  # pragma: no cover - config registry keeps these in step
+    return topology.build(topo, seed=ROUTE_SALT)
 
 
 @functools.lru_cache(maxsize=1)

@@ -40,18 +40,19 @@ __all__ = ["Cluster", "fat_tree", "dragonfly", "build"]
 def build(topo: Any, seed: int = 0) -> Cluster:
     """Build the cluster a topology config (``helios.config.TopologyConfig``) describes.
 
-    Converts the config's units (GB/s, Gb/s, us) to bytes/s and seconds.
+    Converts the config's units (GB/s, Gb/s, us) to bytes/s and seconds; ``run_cell``
+    builds every cell's cluster with it.
     """
     common = dict(gpus_per_server=topo.gpus_per_server, nics_per_server=topo.nics_per_server,
                   nic_per_gpu=topo.nic_per_gpu,
                   nvlink_bandwidth=topo.nvlink_gbyte_s * 1e9,
-                  nic_bandwidth=topo.nic_gbit_s * 1e9 / 8,
+                  nic_bandwidth=topo.nic_gbit_s / 8 * 1e9,
                   nvlink_latency=topo.nvlink_latency_us * 1e-6,
                   link_latency=topo.link_latency_us * 1e-6, seed=seed)
     if topo.name == "fat_tree":
-        return fat_tree(topo.k, fabric_bandwidth=topo.fabric_gbit_s * 1e9 / 8, **common)
+        return fat_tree(topo.k, fabric_bandwidth=topo.fabric_gbit_s / 8 * 1e9, **common)
     if topo.name == "dragonfly":
         return dragonfly(topo.a, topo.p, topo.h, topo.g, routing=topo.routing,
-                         local_bandwidth=topo.local_gbit_s * 1e9 / 8,
-                         global_bandwidth=topo.global_gbit_s * 1e9 / 8, **common)
+                         local_bandwidth=topo.local_gbit_s / 8 * 1e9,
+                         global_bandwidth=topo.global_gbit_s / 8 * 1e9, **common)
     raise ConfigError("topology.name", topo.name, "one of fat_tree, dragonfly")
