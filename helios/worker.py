@@ -26,7 +26,8 @@ import ray
 from helios.config import CellConfig
 from helios.placement.ray_cache import RayPlacementCache
 
-#: Environment of the embedded, loopback-only Ray (see DESIGN.md, "Known traps").
+#: Environment of the embedded, loopback-only Ray: Ray 2.60 turns on token auth and may
+#: swap 127.0.0.1 for the machine's address unless told not to; no usage reporting.
 EMBEDDED_ENV = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 # Before anything imports Ray: no token auth and no address rewriting for the
-# loopback-only test clusters, and no usage reporting (see DESIGN.md, "Known traps").
+# loopback-only test clusters, and no usage reporting (Ray 2.60 enables token auth and
+# may swap 127.0.0.1 for the machine's address by default).
 RAY_TEST_ENV = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
