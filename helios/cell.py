@@ -27,6 +27,7 @@ from helios.sim.adaptation import make_controller
 from helios.sim.engine import Simulation
 from helios.sim.ep.engine import EpSimulation
 from helios.sim.ep.metrics import ep_cell_metrics, ep_window_records, request_records
+from helios.sim.ep.steady import mean_rate, representative_step
 from helios.sim.metrics import cell_metrics, window_records
 from helios.workload import Workload
 
@@ -91,10 +92,16 @@ def prepare(cfg: CellConfig) -> tuple[Any, Any, Workload, PlacementContext]:
     spec = model_spec(cfg.model, cfg.gpu)
     workload = Workload(cfg.scenario, spec.num_experts, spec.top_k, cluster.num_gpus,
                         simulated_layers(cfg), cfg.sim.duration_s, cfg.seed)
+    ep_step = None
+    if cfg.serving.name == "ep":
+        rate = mean_rate(workload.scenario, cfg.sim.duration_s)
+        ep_step = representative_step(cfg, cluster.num_gpus, rate)
     ctx = PlacementContext(cluster=cluster, spec=spec, expected_load=workload.expected_load(0.0),
                            source_share=workload.source_distribution(),
                            slots_per_gpu=spec.slots_per_gpu, strategy=cfg.strategy, seed=cfg.seed,
-                           tokens_per_request=float(cfg.scenario.tokens_per_request))
+                           tokens_per_request=float(cfg.scenario.tokens_per_request),
+                           serving=cfg.serving.name, ep_step=ep_step,
+                           sim_chunk_bytes=cfg.sim.chunk_kib * 1024)
     return cluster, spec, workload, ctx
 
 

@@ -203,14 +203,19 @@ SCENARIOS: dict[str, type[ScenarioConfig]] = {"stationary": ScenarioConfig}
 # --------------------------------------------------------------------------- strategy
 @dataclass(frozen=True)
 class IlpConfig:
-    """Solver settings and objective weights of the Helios placement ILP."""
+    """Solver settings and objective of the Helios placement MILP (per layer, HiGHS)."""
 
-    solver: str = spec("cbc", "MILP solver", choices=("cbc", "highs"))
-    time_limit_s: float = spec(10.0, "solver time limit, s", gt=0)
-    mip_gap: float = spec(0.02, "relative MIP gap at which the solver stops", ge=0, lt=1)
-    latency_weight: float = spec(1.0, "weight of the expected dispatch+combine time", ge=0)
-    congestion_weight: float = spec(1.0, "weight of the busiest link's expected utilisation", ge=0)
-    compute_weight: float = spec(1.0, "weight of the busiest GPU's expected time per layer", ge=0)
+    solver: str = spec("highs", "MILP solver (HiGHS through highspy's array API)", choices=("highs",))
+    time_limit_s: float = spec(60.0, "time for the whole placement (all layers), s", gt=0)
+    mip_gap: float = spec(0.01, "relative MIP gap at which a layer's solve stops", ge=0, lt=1)
+    num_redundant: typing.Optional[int] = spec(
+        None, "extra expert copies per layer over the cluster, as EPLB's redundant experts "
+        "(null: 16, or fewer where memory holds fewer)", ge=0)
+    network_weight: float = spec(1.0, "weight of the dispatch + combine (network) terms", ge=0)
+    compute_weight: float = spec(1.0, "weight of the GPU (grouped GEMM / queueing) terms", ge=0)
+    rho_max: float = spec(0.95, "serving=request: cap on every GPU's and link's utilisation",
+                          gt=0, lt=1)
+    queue_cuts: int = spec(16, "serving=request: tangents of the M/D/1 queue length", ge=2, le=256)
 
 
 @dataclass(frozen=True)
@@ -498,9 +503,9 @@ def _check_ep(cfg: CellConfig) -> None:
         raise ConfigError("strategy", cfg.strategy.name,
                           "a static strategy with serving=ep (the dynamic strategies run with "
                           "serving=request)")
-    if cfg.strategy.routing not in ("nearest", "round_robin"):
+    if cfg.strategy.routing not in ("nearest", "round_robin", "weighted"):
         raise ConfigError("strategy.routing", cfg.strategy.routing,
-                          "nearest or round_robin with serving=ep")
+                          "nearest, round_robin or weighted with serving=ep")
     if cfg.serving.dispatch == "per_node" and cfg.topology.gpus_per_server == 1:
         raise ConfigError("serving.dispatch", "per_node",
                           "per_gpu or per_expert on servers of one GPU (per_node forwards "
@@ -530,9 +535,14 @@ def _check_strategy_needs(cfg: CellConfig, num_gpus: int, slots: int) -> None:
     params = STRATEGIES[cfg.strategy.name].params
     if "eplb" in params:
         check_eplb_fits(cfg.strategy.eplb, cfg.model.num_experts, num_gpus, slots)
-    if "ilp" in params and cfg.strategy.ilp.solver == "highs" \
-            and importlib.util.find_spec("highspy") is None:
-        raise ConfigError("strategy.ilp.solver", "highs", "cbc (highspy is not installed)")
+    if "ilp" in params:
+        if importlib.util.find_spec("highspy") is None:
+            raise ConfigError("strategy.ilp.solver", "highs", "an installed highspy (pip install highspy)")
+        extra, E = cfg.strategy.ilp.num_redundant, cfg.model.num_experts
+        if extra is not None and E + extra > num_gpus * slots:
+            raise ConfigError("strategy.ilp.num_redundant", extra,
+                              f"at most {num_gpus * slots - E}: {num_gpus} GPUs x {slots} expert "
+                              f"slots per layer hold {num_gpus * slots} copies of {E} experts")
 
 
 def simulated_layers(cfg: CellConfig) -> int:

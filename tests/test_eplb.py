@@ -30,7 +30,7 @@ def assert_consistent(weight, phy2log, log2phy, logcnt, num_replicas):
     """Shapes, replica counts and the two maps agreeing with each other."""
     num_layers, num_log = weight.shape
     assert phy2log.shape == (num_layers, num_replicas)
-    assert log2phy.shape == (num_layers, num_log, num_replicas - num_log + 1)
+    assert log2phy.shape == (num_layers, num_log, logcnt.max())  # the reference's width
     assert logcnt.shape == (num_layers, num_log)
     assert np.all(logcnt >= 1)
     assert np.all(logcnt.sum(axis=1) == num_replicas)
@@ -121,6 +121,27 @@ def test_invariants_and_match_with_reference_reading(num_replicas, num_groups, n
             assert log2phy[layer, e, : logcnt[layer, e]].tolist() == ref_replicas[e]
 
 
+@pytest.mark.parametrize(
+    "num_replicas, num_groups, num_nodes, num_gpus",
+    [(16, 4, 2, 8), (24, 6, 2, 4), (16, 4, 8, 8), (24, 4, 4, 8),   # hierarchical
+     (16, 5, 2, 8), (24, 4, 3, 8), (12, 7, 2, 4), (12, 1, 5, 6),   # global, inputs only it allows
+     (12, 1, 1, 12)],
+)
+def test_matches_the_reference_reading_on_loads_without_ties(num_replicas, num_groups, num_nodes,
+                                                              num_gpus):
+    """Continuous loads (no ties), both policies, and the global policy's inputs the
+    reference accepts although groups or nodes do not divide (it ignores both)."""
+    rng = np.random.default_rng(num_replicas * 100 + num_groups * 10 + num_nodes)
+    weight = rng.gamma(0.6, 50.0, size=(6, 12))
+    phy2log, log2phy, logcnt = rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus)
+    assert_consistent(weight, phy2log, log2phy, logcnt, num_replicas)
+    for layer in range(weight.shape[0]):
+        ref_phy2log, ref_replicas = _ref_layer(weight[layer], num_replicas, num_groups, num_nodes, num_gpus)
+        assert phy2log[layer].tolist() == ref_phy2log
+        for e in range(12):
+            assert log2phy[layer, e, : logcnt[layer, e]].tolist() == ref_replicas[e]
+
+
 def test_global_policy_when_groups_do_not_split_over_nodes():
     rng = np.random.default_rng(5)
     weight = rng.gamma(0.5, 100.0, size=(3, 16))
@@ -193,7 +214,7 @@ GOOD = dict(num_replicas=16, num_groups=4, num_nodes=2, num_gpus=8)
     [
         (README_WEIGHT, {"num_replicas": 18}, "num_replicas"),  # not a multiple of num_gpus
         (README_WEIGHT, {"num_replicas": 8}, "num_replicas"),  # fewer slots than experts
-        (README_WEIGHT, {"num_groups": 5}, "num_groups"),  # 12 experts not divisible by 5 groups
+        (README_WEIGHT, {"num_groups": 8}, "num_groups"),  # hierarchical, 12 experts not divisible by 8
         (README_WEIGHT, {"num_nodes": 3, "num_groups": 3}, "num_nodes"),  # 3 nodes do not divide 8 GPUs
         (README_WEIGHT, {"num_gpus": 0}, "num_gpus"),
         (README_WEIGHT, {"num_groups": -4}, "num_groups"),

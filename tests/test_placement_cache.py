@@ -39,7 +39,7 @@ def test_key_follows_what_the_placement_depends_on():
     ilp_cfg = base.strategy.ilp
     changed = [
         dataclasses.replace(base, strategy=dataclasses.replace(
-            base.strategy, ilp=dataclasses.replace(ilp_cfg, congestion_weight=2.0))),
+            base.strategy, ilp=dataclasses.replace(ilp_cfg, network_weight=2.0))),
         dataclasses.replace(base, strategy=dataclasses.replace(
             base.strategy, ilp=dataclasses.replace(ilp_cfg, time_limit_s=9.0))),
         dataclasses.replace(base, strategy=dataclasses.replace(base.strategy, name="helios_hops")),

@@ -10,7 +10,23 @@ import numpy as np
 
 from helios.errors import ConfigError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class EpStep:
+    """``serving=ep``: a representative step, as the engine's roofline costs it.
+
+    A grouped GEMM of ``n`` pairs over ``h`` held experts takes
+    ``max(flop_s_per_pair n, weight_s_per_expert h + byte_s_per_pair n) + launch_s``.
+    """
+
+    step_tokens: float
+    """Tokens in one step over all ranks (steady state at the scenario's rate)."""
+    flop_s_per_pair: float
+    byte_s_per_pair: float
+    weight_s_per_expert: float
+    launch_s: float
 
 
 @dataclass(frozen=True)
@@ -32,8 +48,14 @@ class PlacementContext:
     seed : int
         For strategies that randomise (none of the built-in ones do).
     tokens_per_request : float, optional
-        Mean tokens per request; the ILP strategies need it (per-request compute time
-        and message sizes). None where unknown.
+        Mean tokens per request; the request model's ILP needs it (per-request compute
+        time and message sizes). None where unknown.
+    serving : str
+        The serving model the placement is for: ``"ep"`` or ``"request"``.
+    ep_step : EpStep, optional
+        ``serving=ep``: the representative step the ILP costs.
+    sim_chunk_bytes : float
+        The engine's chunk size (store-and-forward transfer times).
     """
 
     cluster: Any
@@ -44,6 +66,9 @@ class PlacementContext:
     strategy: Any
     seed: int = 0
     tokens_per_request: float | None = None
+    serving: str = "request"
+    ep_step: "EpStep | None" = None
+    sim_chunk_bytes: float = 512.0 * 1024
 
     @property
     def num_gpus(self) -> int:
@@ -69,6 +94,14 @@ class Placement:
     replicas: list[list[list[int]]]
     num_gpus: int
     info: dict[str, Any] = field(default_factory=dict)
+    shares: list[list[list[float]]] | None = None
+    """Share of each expert's tokens per replica (parallel to ``replicas``); None: equal."""
+
+    def share_table(self) -> list[list[list[float]]]:
+        """Shares per replica, equal where the placement names none."""
+        if self.shares is not None:
+            return self.shares
+        return [[[1.0 / len(g)] * len(g) for g in layer] for layer in self.replicas]
 
     @property
     def layers(self) -> int:
@@ -129,14 +162,22 @@ class Placement:
                     raise ValueError(f"layer {layer} expert {expert} has two replicas on one GPU")
                 if min(gpus) < 0 or max(gpus) >= self.num_gpus:
                     raise ValueError(f"layer {layer} expert {expert} on unknown GPU {gpus}")
+                if self.shares is not None:
+                    share = self.shares[layer][expert]
+                    if len(share) != len(gpus) or min(share) < 0 or abs(sum(share) - 1) > 1e-6:
+                        raise ValueError(f"layer {layer} expert {expert}: shares {share} do not "
+                                         f"split its tokens over its {len(gpus)} replicas")
         over = np.argwhere(self.memory_use() > slots_per_gpu)
         if len(over):
             layer, gpu = over[0]
             raise ValueError(f"layer {layer} GPU {gpu} holds more than {slots_per_gpu} experts")
 
     def to_json(self) -> str:
-        return json.dumps({"format": FORMAT_VERSION, "num_gpus": self.num_gpus,
-                           "replicas": self.replicas, "info": self.info}, sort_keys=True)
+        data = {"format": FORMAT_VERSION, "num_gpus": self.num_gpus, "replicas": self.replicas,
+                "info": self.info}
+        if self.shares is not None:
+            data["shares"] = self.shares
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "Placement":
@@ -150,7 +191,15 @@ class Placement:
                     isinstance(g, list) and all(isinstance(x, int) for x in g) for g in layer)
                 for layer in replicas)):
             raise ValueError("malformed replicas")
-        return cls(replicas=replicas, num_gpus=int(data["num_gpus"]), info=dict(data.get("info", {})))
+        shares = data.get("shares")
+        if shares is not None and not (isinstance(shares, list) and len(shares) == len(replicas) and all(
+                isinstance(layer, list) and len(layer) == len(rl) and all(
+                    isinstance(s, list) and len(s) == len(g)
+                    and all(isinstance(v, (int, float)) for v in s) for s, g in zip(layer, rl))
+                for layer, rl in zip(shares, replicas))):
+            raise ValueError("malformed shares")
+        return cls(replicas=replicas, num_gpus=int(data["num_gpus"]), info=dict(data.get("info", {})),
+                   shares=shares)
 
 
 def check_fits(num_experts: int, num_gpus: int, slots_per_gpu: int) -> None:

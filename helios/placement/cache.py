@@ -50,7 +50,7 @@ __all__ = ["KEY_VERSION", "CACHE_FORMAT", "placement_key", "cluster_fingerprint"
            "DiskPlacementCache", "obtain_placement", "cache_root"]
 
 #: Bump when any placement algorithm changes what it returns for the same inputs.
-KEY_VERSION = "helios-placement-2"
+KEY_VERSION = "helios-placement-3"
 #: Layout of a cache file.
 CACHE_FORMAT = 1
 
@@ -109,6 +109,9 @@ def placement_key(ctx: PlacementContext) -> str:
         "source_share": _rounded(ctx.source_share),
         "slots_per_gpu": int(ctx.slots_per_gpu),
         "tokens_per_request": ctx.tokens_per_request,
+        "serving": ctx.serving,
+        "ep_step": dataclasses.asdict(ctx.ep_step) if ctx.ep_step is not None else None,
+        "sim_chunk_bytes": float(ctx.sim_chunk_bytes),
     }
     return _sha256(_canonical(data))
 

@@ -33,9 +33,16 @@ Modelling choices, stated once:
   behaviour on the published example (which contains ties).
 * When a packing has exactly one item per pack, item ``i`` goes to pack ``i``
   without sorting, as in the reference.
-* ``log2phy`` has a fixed width ``num_replicas - num_logical_experts + 1``
-  (the most replicas any one expert can get), padded with -1; this keeps its
-  shape stable from one rebalance to the next.
+* ``log2phy`` has the reference's width, the largest replica count of any
+  expert in any layer, padded with -1.
+* Preconditions are the reference's asserts: ``num_replicas`` a multiple of
+  ``num_gpus`` and at least the expert count; under the hierarchical policy also
+  ``num_groups`` dividing the expert count and ``num_nodes`` dividing
+  ``num_gpus``. The global policy ignores ``num_groups`` and ``num_nodes``.
+* Tie-breaking: the reference sorts loads with ``torch.sort(descending=True)``
+  and picks replicas with ``max(dim=-1).indices``; on CPU both keep the first
+  index among equal values, which is what this port does (stable sort, first
+  arg-max / arg-min).
 """
 
 from __future__ import annotations
@@ -267,12 +274,14 @@ def rebalance_experts(
         raise ConfigError("num_replicas", num_replicas, f">= num_logical_experts ({num_log})")
     if num_replicas % num_gpus:
         raise ConfigError("num_replicas", num_replicas, f"a multiple of num_gpus ({num_gpus})")
-    if num_log % num_groups:
-        raise ConfigError("num_groups", num_groups, f"a divisor of num_logical_experts ({num_log})")
-    if num_gpus % num_nodes:
-        raise ConfigError("num_nodes", num_nodes, f"a divisor of num_gpus ({num_gpus})")
-
     if num_groups % num_nodes == 0:
+        # The hierarchical policy's preconditions; the global one ignores groups and nodes.
+        if num_log % num_groups:
+            raise ConfigError("num_groups", num_groups,
+                              f"a divisor of num_logical_experts ({num_log}) when it divides "
+                              f"by num_nodes ({num_nodes}), the hierarchical policy")
+        if num_gpus % num_nodes:
+            raise ConfigError("num_nodes", num_nodes, f"a divisor of num_gpus ({num_gpus})")
         # Implied by the checks above, kept explicit because the packing relies on it.
         experts_per_node = (num_log // num_groups) * (num_groups // num_nodes)
         if experts_per_node > num_replicas // num_nodes:
@@ -283,7 +292,7 @@ def rebalance_experts(
     else:
         phy2log, replica_rank, logcnt = _hierarchical(weight32, num_replicas, 1, 1, num_gpus)
 
-    width = num_replicas - num_log + 1
+    width = int(logcnt.max())  # the reference's width: the most replicas of any expert
     log2phy = np.full((num_layers, num_log * width), -1, dtype=np.int64)
     slots = np.broadcast_to(np.arange(num_replicas, dtype=np.int64), (num_layers, num_replicas))
     np.put_along_axis(log2phy, phy2log * width + replica_rank, slots, axis=1)
@@ -329,7 +338,8 @@ def balancedness(weight_row: np.ndarray, phy2log_row: np.ndarray, logcnt_row: np
 from helios.placement.base import Placement, PlacementContext  # noqa: E402  (strategy wrapper only)
 
 
-def check_eplb_fits(cfg: object, num_experts: int, num_gpus: int, slots_per_gpu: int) -> int:
+def check_eplb_fits(cfg: object, num_experts: int, num_gpus: int, slots_per_gpu: int,
+                    num_nodes: int = 1) -> int:
     """Physical slots per layer of strategy ``eplb`` (``EplbConfig`` ``cfg``), checked.
 
     ``num_experts + num_redundant`` rounded up to a multiple of ``num_gpus``; usable
@@ -348,9 +358,10 @@ def check_eplb_fits(cfg: object, num_experts: int, num_gpus: int, slots_per_gpu:
                           f"at most {G * slots - E}: {G} GPUs x {slots} expert slots hold "
                           f"{G * slots} replicas of {E} experts (num_replicas rounds up to a "
                           f"multiple of {G})")
-    if E % cfg.num_groups:
+    if cfg.num_groups % num_nodes == 0 and E % cfg.num_groups:
         raise ConfigError("strategy.eplb.num_groups", cfg.num_groups,
-                          f"a divisor of the expert count {E}")
+                          f"a divisor of the expert count {E} (the hierarchical policy runs "
+                          f"when it divides by the {num_nodes} servers)")
     return per_gpu * G
 
 
@@ -376,7 +387,7 @@ def eplb(ctx: PlacementContext) -> Placement:
         slots; ``strategy.eplb.num_groups`` when it does not divide the expert count.
     """
     cfg, G, E = ctx.strategy.eplb, ctx.num_gpus, ctx.num_experts
-    num_replicas = check_eplb_fits(cfg, E, G, ctx.slots_per_gpu)
+    num_replicas = check_eplb_fits(cfg, E, G, ctx.slots_per_gpu, ctx.cluster.num_servers)
     per_gpu = num_replicas // G
     phy2log, _, _ = rebalance_experts(ctx.expected_load, num_replicas, cfg.num_groups,
                                       ctx.cluster.num_servers, G)

@@ -1,305 +1,352 @@
-"""Helios congestion-aware placement ILP (``helios_static``) and its hop-count ablation
-(``helios_hops``).
+"""Helios load-aware placement (``helios_static``) and its hop-count ablation (``helios_hops``).
 
-One MILP (PuLP; CBC by default, HiGHS on request) over all simulated layers; the cost
-model, its normalisation and bounds are in :mod:`helios.placement.ilp_costs`.
+Per layer, a MILP over copies and token shares (:mod:`helios.placement.loadaware`:
+the step's critical path under ``serving=ep``, the waiting and transfer time per
+request under ``serving=request``), solved by HiGHS (:mod:`helios.placement.milp`)
+from a warm start built for the same objective:
 
-Variables: binary ``x[l, e, g]`` (expert ``e`` of layer ``l`` lives on GPU ``g``); for
-the concave sends-per-token curve ``h[l, g] = f(W[l, g])``, ``W[l, g] = sum_e a[l, e]
-x[l, e, g]``, the incremental piecewise-linear form (segment fills ``d[l, g, k]`` and
-binaries ``z[l, g, k]`` that open segment ``k + 1`` only once ``k`` is full, since a
-concave curve's cheap later segments must not be used first); ``H[g] = sum_l h[l, g]``;
-``rho`` (busiest link utilisation); ``c[l]`` (busiest GPU time of layer ``l``).
+1. **Copies**: every expert one, then the ``num_redundant`` extra copies one by one to
+   the expert with the largest load per copy (EPLB's replication rule, which minimises
+   the largest load per copy).
+2. **Assignment**: copies by decreasing load per copy, each to the GPU with a free slot
+   (not already holding the expert) where the layer's objective after the move is
+   least; ties to the least-loaded, then the lowest GPU.
+3. **Shares**: the LP of the layer with the copies fixed (the optimal shares for them).
 
-Objective: ``latency_weight * mean_l sum_g cost[g] h[l, g] + congestion_weight * rho +
-compute_weight * mean_l c[l]``. Constraints: one copy of every expert per layer;
-``sum_e x[l, e, g] <= slots_per_gpu``; ``rows @ H <= rho`` (one row per distinct
-loaded link); ``sum_e busy[l, e] x[l, e, g] <= c[l]``.
+The MILP then starts from it. A layer's result is ``optimal`` (HiGHS proved it within
+``mip_gap``), ``feasible`` (time limit, the solver's incumbent beats the start) or
+``start`` (time limit, the start is what ships); the cell's ``ilp_status`` is the worst
+layer's, and ``ilp_gap`` the largest proven gap.
 
-Why one joint problem and not one per layer: requests sit at different layers at the
-same time, so every link carries all layers' traffic and its utilisation is a maximum
-of a sum over layers, which per-layer problems cannot see. (The network and compute
-terms add up over layers, a request's layers running one after another.)
+Layers: under ``serving=ep`` a step runs the layers one after another, so they share
+nothing and are solved independently. Under ``serving=request`` all layers share the
+GPUs and links; the layers are solved in turn, each against the others' current load
+(``gpu_bg``, ``link_bg``: block coordinate descent on the joint objective, one pass
+after a sequential warm start).
 
-Solving: the greedy :func:`~helios.placement.ilp_costs.warm_start`, improved by single
-moves (:func:`~helios.placement.ilp_costs.local_search`), is handed to the solver as a
-MIP start; if it is already within ``mip_gap`` of :meth:`IlpCosts.lower_bound`, no
-solver runs. The relaxation of the concave sends curve is weak, so on instances of
-realistic size (measured: 128 x 32 and up, 10 s) the solvers seldom improve on this
-start and cannot prove much: expect ``feasible`` with a large gap there; on small
-instances they find and prove the optimum. ``ilp_status`` comes from
-``prob.sol_status`` (``LpStatus`` may read "Optimal" after a time limit): ``optimal``
-(proven within ``mip_gap``), ``feasible`` (stopped with a solution), ``infeasible``,
-``not_solved``; with no solution the strategy falls back to
-:func:`~helios.placement.baselines.greedy` and records ``fallback_greedy``.
+The time limit ``time_limit_s`` covers the whole placement (starts, builds, solves);
+each layer's solve gets the remaining time over the layers left. Solves stopped by
+the time limit depend on the machine's speed; proven ones do not (one thread, fixed
+seed).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import heapq
 import math
-import re
-import tempfile
 import time
-import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pulp
 
-from helios.errors import ConfigError
 from helios.placement.base import Placement, PlacementContext
-from helios.placement.baselines import greedy
-from helios.placement.ilp_costs import IlpCosts, build_costs, local_search, warm_start
+from helios.placement.loadaware import (EpLayer, RequestLayer, expert_busy_seconds, hop_costs,
+                                        link_coefficients)
 
-__all__ = ["IlpSolution", "solve_ilp", "solve_placement", "helios_static", "helios_hops",
-           "SOL_STATUS"]
+__all__ = ["LayerSolution", "layer_models", "warm_start", "solve_layer", "solve_placement",
+           "helios_static", "helios_hops"]
 
-#: PuLP ``sol_status`` -> recorded ``ilp_status``.
-SOL_STATUS = {pulp.LpSolutionOptimal: "optimal", pulp.LpSolutionIntegerFeasible: "feasible",
-              pulp.LpSolutionInfeasible: "infeasible", pulp.LpSolutionUnbounded: "not_solved",
-              pulp.LpSolutionNoSolutionFound: "not_solved"}
+#: Layer outcomes from best to worst; a cell reports its worst layer's.
+STATUS_ORDER = ("optimal", "feasible", "start")
 
 
 @dataclass
-class IlpSolution:
-    """What one solver run returned; ``assign`` is None when no solution was found."""
+class LayerSolution:
+    """One layer's copies ``x`` and shares ``y`` (shape (E, G)) and how they were found."""
 
-    assign: np.ndarray | None
-    status: str
+    x: np.ndarray
+    y: np.ndarray
     objective: float
-    gap: float
-    build_s: float
-    solve_s: float
-    info: dict[str, Any] = field(default_factory=dict)
+    start_objective: float
+    bound: float
+    status: str
+    build_s: float = 0.0
+    solve_s: float = 0.0
+    proven_by: str = ""
+    """``"bound"`` (the start met the model's own bound), ``"solver"`` or ``""``."""
+
+    @property
+    def gap(self) -> float:
+        if not math.isfinite(self.bound) or self.objective <= 0:
+            return math.inf if self.objective > 0 else 0.0
+        return max(0.0, (self.objective - self.bound) / abs(self.objective))
 
 
-class _WarmHiGHS(pulp.HiGHS):  # type: ignore[misc, valid-type]
-    """PuLP's highspy interface, handing the variables' initial values to HiGHS as a start."""
-
-    def callSolver(self, lp: pulp.LpProblem) -> None:
-        import highspy
-
-        sol = highspy.HighsSolution()
-        sol.col_value = [v.varValue if v.varValue is not None else 0.0 for v in lp.variables()]
-        sol.value_valid = True
-        lp.solverModel.setSolution(sol)
-        super().callSolver(lp)
+def _slots(ctx: PlacementContext) -> np.ndarray:
+    return np.full(ctx.num_gpus, ctx.slots_per_gpu)
 
 
-def _solver(cfg: Any, log_path: Path) -> pulp.LpSolver:
-    if cfg.solver == "cbc":
-        # PuLP 3.3 flags its bundled CBC as deprecated in favour of a separately installed
-        # one (COIN_CMD); the bundled binary is the one the pinned stack ships, so keep it.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            # CBC's probing cuts took most of the time at 256 x 128 and never cut anything.
-            return pulp.PULP_CBC_CMD(msg=False, timeLimit=cfg.time_limit_s, gapRel=cfg.mip_gap,
-                                     warmStart=True, logPath=str(log_path),
-                                     options=["probing off"])
-    if importlib.util.find_spec("highspy") is None:
-        raise ConfigError("strategy.ilp.solver", cfg.solver, "cbc (highspy is not installed)")
-    return _WarmHiGHS(msg=False, timeLimit=cfg.time_limit_s, gapRel=cfg.mip_gap, threads=1)
+#: Extra copies per layer when ``strategy.ilp.num_redundant`` is null: Helios's EPLB default.
+DEFAULT_REDUNDANT = 16
 
 
-def _cbc_gap(log_path: Path, objective: float) -> float:
-    """Relative gap ``(objective - bound) / |objective|`` from CBC's log; NaN if unknown.
+def _copies(ctx: PlacementContext) -> int:
+    """Copy budget per layer: experts plus the redundant copies.
 
-    The bound is, by preference, that of a search stopped early ("Partial search ...
-    best possible", "Lower bound:"); none for a completed search (gap 0); else the root
-    LP value (CBC reports "Optimal" when a time limit stops it before the root ends).
+    Null ``num_redundant`` gives what strategy ``eplb`` uses by default (16, rounded up
+    so that every GPU holds as many copies), or what memory holds if that is less: the
+    two then compare on the same memory.
     """
-    try:
-        text = log_path.read_text()
-    except OSError:
-        return math.nan
-    number = r"(-?[0-9.]+(?:[eE][+-]?[0-9]+)?)"
-    found = (re.findall(r"Cbc0005I.*best possible " + number, text)
-             or re.findall(r"Lower bound:\s+" + number, text))
-    if not found and "Cbc0001I Search completed" in text:
-        return 0.0
-    found = found or re.findall(r"Continuous objective value is " + number, text)
-    if not found:
-        return math.nan
-    return max(0.0, (objective - float(found[-1])) / max(abs(objective), 1e-12))
+    E, G = ctx.num_experts, ctx.num_gpus
+    extra = ctx.strategy.ilp.num_redundant
+    total = -(-(E + DEFAULT_REDUNDANT) // G) * G if extra is None else E + extra
+    return min(total, G * ctx.slots_per_gpu)
 
 
-def _pwl_fill(costs: IlpCosts, weight: float) -> tuple[list[float], list[int]]:
-    """Segment fills and open-flags of the incremental form at ``W = weight``."""
-    lengths = np.diff(costs.breaks)
-    fill = np.clip(weight - costs.breaks[:-1], 0.0, lengths)
-    return fill.tolist(), [int(f >= n - 1e-12) for f, n in zip(fill[:-1], lengths[:-1])]
+def layer_models(ctx: PlacementContext, metric: str) -> list[EpLayer | RequestLayer]:
+    """One cost model per simulated layer (request models start with no background)."""
+    cfg, spec, cluster = ctx.strategy.ilp, ctx.spec, ctx.cluster
+    weights = (cfg.network_weight, cfg.compute_weight)
+    share = np.asarray(ctx.source_share, dtype=float)
+    hops = hop_costs(cluster, share) if metric == "hops" else np.zeros(ctx.num_gpus)
+    load = np.asarray(ctx.expected_load, dtype=float)
+    common = dict(slots=_slots(ctx), copies=_copies(ctx), weights=weights, metric=metric)
+    if ctx.serving == "ep":
+        step = ctx.ep_step
+        out, back = link_coefficients(cluster, share, spec.dispatch_token_bytes,
+                                      spec.combine_token_bytes)
+        gemm = (step.flop_s_per_pair, step.byte_s_per_pair, step.weight_s_per_expert, step.launch_s)
+        pairs = load / load.sum(axis=1, keepdims=True) * spec.top_k * step.step_tokens
+        return [EpLayer(load=p, gemm=gemm, out=out, back=back, hops=hops, **common) for p in pairs]
+    tokens = int(round(ctx.tokens_per_request))
+    out, back = link_coefficients(cluster, share, spec.dispatch_token_bytes, spec.combine_token_bytes)
+    coef = out + back
+    message = max(1.0, tokens * spec.top_k / min(ctx.num_gpus, ctx.num_experts))
+    tau = _transfer_costs(cluster, share, message, spec, ctx.sim_chunk_bytes)
+    models = []
+    for p in load:
+        rate = p.sum() / (tokens * spec.top_k)
+        busy = rate * expert_busy_seconds(p / (rate * tokens), tokens, spec)
+        models.append(RequestLayer(load=p, busy=busy, rate=rate, tokens=tokens, coef=coef, tau=tau,
+                                   hops=hops,
+                                   gpu_bg=np.zeros(ctx.num_gpus), link_bg=np.zeros(coef.shape[0]),
+                                   rho_max=cfg.rho_max, cuts=cfg.queue_cuts, **common))
+    return models
 
 
-def solve_ilp(costs: IlpCosts, slots: int, cfg: Any, start: np.ndarray | None = None) -> IlpSolution:
-    """Build and solve the placement MILP of ``costs`` with solver settings ``cfg`` (IlpConfig).
+def _transfer_costs(cluster: Any, share: np.ndarray, message: float, spec: Any,
+                    chunk: float) -> np.ndarray:
+    """Per GPU: a pair's unloaded dispatch + combine seconds (store and forward, as the
+    engine), for a representative message of ``message`` tokens, over sources."""
+    G = cluster.num_gpus
+    out, back = message * spec.dispatch_token_bytes, message * spec.combine_token_bytes
+    cost = np.zeros(G)
+    for s in np.flatnonzero(share).tolist():
+        for g in range(G):
+            t = cluster.transfer_time(s, g, out, chunk) + cluster.transfer_time(g, s, back, chunk)
+            cost[g] += share[s] * t / message
+    return cost
 
-    ``start`` (an assignment) is handed to the solver as a MIP start.
+
+def replica_counts(load: np.ndarray, copies: int, num_gpus: int,
+                   replicable: np.ndarray | None = None) -> np.ndarray:
+    """Copies per expert: one each, then each extra to the largest load per copy.
+
+    This greedy minimises ``max_e load[e] / count[e]`` for every total (each step
+    lowers the current maximum, and no other choice can lower it).
+
+    Parameters
+    ----------
+    load : ndarray, shape (E,)
+    copies : int
+        Total copies, at least E.
+    num_gpus : int
+        Most copies of one expert.
+    replicable : ndarray of int, optional
+        The experts that may get extra copies (default: all).
+    """
+    E = load.size
+    count = np.ones(E, dtype=np.int64)
+    allowed = range(E) if replicable is None else replicable.tolist()
+    heap = [(-load[e], e) for e in allowed]
+    heapq.heapify(heap)
+    for _ in range(copies - E):
+        while heap:
+            _, e = heapq.heappop(heap)
+            if count[e] < num_gpus:
+                break
+        else:
+            break
+        count[e] += 1
+        if count[e] < num_gpus:
+            heapq.heappush(heap, (-load[e] / count[e], e))
+    return count
+
+
+def copy_totals(model: EpLayer | RequestLayer) -> list[int]:
+    """Totals of copies the warm start tries: ``E``, each multiple of ``G`` in between
+    (a GPU's copy count, hence its weight reads, steps at multiples of ``G``) and the
+    budget ``E + num_redundant``: extra copies cost weight reads, so fewer can win."""
+    E, G, budget = model.num_experts, model.num_gpus, model.copies
+    middle = range((E // G + 1) * G, budget, G)
+    return sorted({E, *middle, budget})
+
+
+def warm_start(model: EpLayer | RequestLayer, copies: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Copies ``x`` (bool) and equal shares ``y`` by the objective-greedy assignment of
+    ``copies`` copies (default: the budget)."""
+    E, G = model.num_experts, model.num_gpus
+    count = replica_counts(model.load, model.copies if copies is None else copies, G,
+                           model.replicable())
+    order = sorted(((model.load[e] / count[e], e) for e in range(E) for _ in range(count[e])),
+                   key=lambda t: (-t[0], t[1]))
+    x = np.zeros((E, G), dtype=bool)
+    free = model.slots.astype(np.int64).copy()
+    state = model.new_state()
+    for _, e in order:
+        cand = np.flatnonzero((free > 0) & ~x[e])
+        if cand.size == 0:
+            continue  # an extra copy with nowhere to go
+        share = 1.0 / count[e]
+        obj = model.marginal(state, e, share, cand)
+        pick = cand[np.lexsort((cand, state["pairs"][cand], np.round(obj, 9)))[0]]
+        x[e, pick] = True
+        free[pick] -= 1
+        model.add(state, e, share, pick)
+    y = x / x.sum(axis=1, keepdims=True)
+    return x, y
+
+
+def solve_layer(model: EpLayer | RequestLayer, time_limit_s: float, mip_gap: float) -> LayerSolution:
+    """Warm starts, their optimal shares, then the MILP from the best (module doc).
+
+    No solver runs when the best start is already within ``mip_gap`` of the model's
+    own lower bound (``proven_by="bound"``).
     """
     t0 = time.perf_counter()
-    a, busy, (L, E), G = costs.intensity, costs.busy, costs.busy.shape, costs.num_gpus
-    w_net, w_cong, w_comp = costs.weights
-    lengths = np.diff(costs.breaks)
-    slopes = np.diff(costs.values) / lengths
-    K = len(lengths)
-    prob = pulp.LpProblem("helios_placement", pulp.LpMinimize)
-    var = prob.add_variable
-    x = [[[var(f"x_{l}_{e}_{g}", cat=pulp.LpBinary) for g in range(G)]
-          for e in range(E)] for l in range(L)]
-    d = [[[var(f"d_{l}_{g}_{k}", lowBound=0, upBound=float(lengths[k])) for k in range(K)]
-          for g in range(G)] for l in range(L)]
-    z = [[[var(f"z_{l}_{g}_{k}", cat=pulp.LpBinary) for k in range(K - 1)]
-          for g in range(G)] for l in range(L)]
-    H = [var(f"H_{g}", lowBound=0) for g in range(G)]
-    # Valid lower bounds that the LP relaxation (which spreads experts thinly) misses.
-    rho = var("rho", lowBound=costs.congestion_bound(slots) if w_cong > 0 else 0.0)
-    c = [var(f"c_{l}", lowBound=float(v)) for l, v in enumerate(costs.layer_compute_bounds())]
-    for l in range(L):
-        for e in range(E):
-            prob += pulp.LpAffineExpression([(v, 1.0) for v in x[l][e]]) == 1, f"one_{l}_{e}"
-        for g in range(G):
-            if slots < E:
-                prob += pulp.LpAffineExpression([(x[l][e][g], 1.0) for e in range(E)]) <= slots, \
-                    f"mem_{l}_{g}"
-            # W[l, g] = sum of the segment fills; segment k+1 opens only when k is full.
-            prob += pulp.LpAffineExpression([(v, 1.0) for v in d[l][g]] + [
-                (x[l][e][g], -float(a[l, e])) for e in range(E) if a[l, e] > 0]) == 0, f"w_{l}_{g}"
-            for k in range(K - 1):
-                prob += pulp.LpAffineExpression([(d[l][g][k], 1.0), (z[l][g][k], -float(lengths[k]))]) \
-                    >= 0, f"full_{l}_{g}_{k}"
-                prob += pulp.LpAffineExpression([(d[l][g][k + 1], 1.0),
-                                                 (z[l][g][k], -float(lengths[k + 1]))]) <= 0, \
-                    f"open_{l}_{g}_{k}"
-            if w_comp > 0:
-                prob += pulp.LpAffineExpression([(x[l][e][g], float(busy[l, e])) for e in range(E)
-                                                 if busy[l, e] > 0] + [(c[l], -1.0)]) <= 0, \
-                    f"busy_{l}_{g}"
-    for g in range(G):
-        prob += pulp.LpAffineExpression([(H[g], 1.0)] + [
-            (d[l][g][k], -float(slopes[k])) for l in range(L) for k in range(K)]) == 0, f"H_{g}"
-    # Valid: no placement sends fewer tokens than the most concentrated one (see
-    # IlpCosts.min_sends); the relaxation alone would spread every expert thinly.
-    for l, least in enumerate(costs.min_sends(slots)):
-        prob += pulp.LpAffineExpression([(d[l][g][k], float(slopes[k])) for g in range(G)
-                                         for k in range(K)]) >= float(least) * (1 - 1e-9), \
-            f"sends_{l}"
-    if w_cong > 0:
-        for i, row in enumerate(costs.link_rows):
-            prob += pulp.LpAffineExpression([(H[g], float(row[g])) for g in np.flatnonzero(row)]
-                                            + [(rho, -1.0)]) <= 0, f"link_{i}"
-    prob += pulp.LpAffineExpression(
-        [(d[l][g][k], w_net / L * float(costs.gpu_cost[g] * slopes[k]))
-         for l in range(L) for g in range(G) for k in range(K) if costs.gpu_cost[g] > 0]
-        + [(rho, w_cong)] + [(c_l, w_comp / L) for c_l in c])
-    if start is not None:
-        _set_start(costs, start, x, d, z, H, rho, c)
+    deadline = t0 + time_limit_s
+    if time_limit_s <= 0:  # out of time: the greedy start with equal shares, unproven
+        x0, y0 = warm_start(model)
+        obj = model.evaluate(x0.astype(float), y0)
+        return LayerSolution(x0.astype(float), y0, obj, obj, -math.inf, "start")
+    m, v, aux = model.build()
+    floor = model.lower_bound()
     build_s = time.perf_counter() - t0
+    best = None
+    for total in copy_totals(model):
+        if best is not None and time.perf_counter() >= deadline:
+            break
+        x0, y0 = warm_start(model, total)
+        shares = m.solve(None, max(deadline - time.perf_counter(), 1e-3), 0.0, relax=True,
+                         fix=(v.x.ravel(), x0.ravel().astype(float)))
+        if shares.values is not None:
+            y0 = _normalised(shares.values[v.y.ravel()].reshape(y0.shape), x0)
+        obj = model.evaluate(x0.astype(float), y0)
+        if best is None or obj < best[0] * (1 - 1e-12):
+            best = (obj, x0.astype(float), y0)
+    start_obj, x0, y0 = best
+    sol = LayerSolution(x0, y0, start_obj, start_obj, min(floor, start_obj), "start", build_s)
+    if sol.gap <= mip_gap:
+        sol.status, sol.proven_by = "optimal", "bound"
+        sol.solve_s = time.perf_counter() - t0 - build_s
+        return sol
+    cost = m.cost
+    used = np.flatnonzero(cost)
+    if math.isfinite(floor):  # the bound as a cut: HiGHS prunes with it
+        m.add_rows(np.zeros(used.size), used, cost[used], floor, np.inf)
+    result = m.solve(model.complete(m, v, aux, x0, y0), deadline - time.perf_counter(), mip_gap)
+    sol.solve_s = time.perf_counter() - t0 - build_s
+    if result.values is not None:
+        rx = np.round(result.values[v.x.ravel()].reshape(x0.shape))
+        ry = _normalised(result.values[v.y.ravel()].reshape(y0.shape), rx)
+        r_obj = model.evaluate(rx, ry)
+        if r_obj < start_obj * (1 - 1e-9):
+            sol.x, sol.y, sol.objective, sol.status = rx, ry, r_obj, "feasible"
+    if math.isfinite(result.bound):
+        sol.bound = min(max(floor, result.bound), sol.objective)
+    if result.stop == "optimal" or sol.gap <= mip_gap:
+        sol.status, sol.proven_by = "optimal", "solver"
+    return sol
 
-    with tempfile.TemporaryDirectory(prefix="helios_ilp_") as tmp:
-        log_path = Path(tmp) / "cbc.log"
-        solver = _solver(cfg, log_path)
-        t0 = time.perf_counter()
-        prob.solve(solver)
-        solve_s = time.perf_counter() - t0
-        status = SOL_STATUS.get(prob.sol_status, "not_solved")
-        if status not in ("optimal", "feasible"):
-            return IlpSolution(None, status, math.nan, math.nan, build_s, solve_s)
-        value = float(pulp.value(prob.objective))
-        if cfg.solver == "highs":
-            gap = float(prob.solverModel.getInfo().mip_gap)
-            gap = gap if 0 <= gap < 1e30 else math.nan
-        else:
-            gap = _cbc_gap(log_path, value)
-    if status == "optimal" and not gap <= cfg.mip_gap + 1e-9:
-        status = "feasible"  # no bound backs the solver's "optimal" (CBC after a time limit)
-    assign = np.array([[int(np.argmax([v.varValue or 0.0 for v in x[l][e]])) for e in range(E)]
-                       for l in range(L)])
-    info = {"ilp_variables": prob.numVariables(), "ilp_constraints": prob.numConstraints()}
-    return IlpSolution(assign, status, value, gap, build_s, solve_s, info)
 
-
-def _set_start(costs: IlpCosts, start: np.ndarray, x: list, d: list, z: list, H: list,
-               rho: Any, c: list) -> None:
-    L, E = costs.busy.shape
-    G = costs.num_gpus
-    for l, e in np.ndindex(L, E):
-        for g, v in enumerate(x[l][e]):
-            v.setInitialValue(1 if g == start[l, e] else 0)
-    sends = np.zeros(G)
-    for l in range(L):
-        weight = np.bincount(start[l], weights=costs.intensity[l], minlength=G)
-        sends += costs.hits(weight)
-        for g in range(G):
-            fill, full = _pwl_fill(costs, float(weight[g]))
-            for v, f in zip(d[l][g], fill):
-                v.setInitialValue(f)
-            for v, f in zip(z[l][g], full):
-                v.setInitialValue(f)
-        busiest = np.bincount(start[l], weights=costs.busy[l], minlength=G).max()
-        c[l].setInitialValue(max(float(busiest), c[l].lowBound))
-    for g, v in enumerate(H):
-        v.setInitialValue(float(sends[g]))
-    rho.setInitialValue(max(costs.terms(start)[1], rho.lowBound))
+def _normalised(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Shares cleaned of solver noise: zero off the copies, each expert's summing to 1."""
+    y = np.clip(y, 0.0, None) * (x > 0.5)
+    return y / y.sum(axis=1, keepdims=True)
 
 
 def solve_placement(ctx: PlacementContext, metric: str) -> Placement:
-    """Place ``ctx``'s experts with the ILP of ``metric``; greedy when no solution is found.
-
-    When the start (greedy + local search) is already within ``strategy.ilp.mip_gap`` of
-    :meth:`IlpCosts.lower_bound` it is proven good enough and no solver runs
-    (``ilp_proven_by = "bound"``). Otherwise the solver's answer is used when it is
-    proven (``optimal``); when the time limit stops it first (``feasible``) the start is
-    used, so that the placement does not depend on the machine's speed (its better but
-    unproven objective, if any, is kept as ``ilp_solver_objective``).
-    """
+    """Solve every layer (module doc) and return the placement with its shares."""
     cfg = ctx.strategy.ilp
     t0 = time.perf_counter()
-    costs = build_costs(ctx, metric)
-    greedy_start = warm_start(costs, ctx.slots_per_gpu)
-    start = local_search(costs, greedy_start, ctx.slots_per_gpu)
-    start_objective, bound = costs.objective(start), costs.lower_bound(ctx.slots_per_gpu)
+    deadline = t0 + cfg.time_limit_s
+    models = layer_models(ctx, metric)
+    solutions: list[LayerSolution | None] = [None] * len(models)
+    if ctx.serving == "request":
+        _sequential_starts(models, solutions)
+    for l, model in enumerate(models):
+        if ctx.serving == "request":
+            _set_background(models, solutions, l)
+        left = max(deadline - time.perf_counter(), 0.0) / (len(models) - l)
+        solutions[l] = solve_layer(model, left if left > 1e-3 else 0.0, cfg.mip_gap)
+    return _placement(ctx, models, solutions, time.perf_counter() - t0)
 
-    def gap_to_bound(value: float) -> float:
-        return max(0.0, value - bound) / max(abs(value), 1e-12)
 
-    info: dict[str, Any] = {"strategy": "helios_static" if metric == "latency" else "helios_hops",
-                            "ilp_metric": metric, "ilp_solver": cfg.solver,
-                            "ilp_greedy_objective": costs.objective(greedy_start),
-                            "ilp_start_objective": start_objective, "ilp_lower_bound": bound}
-    if gap_to_bound(start_objective) <= cfg.mip_gap:
-        sol = IlpSolution(start, "optimal", start_objective, gap_to_bound(start_objective),
-                          time.perf_counter() - t0, 0.0, {"ilp_proven_by": "bound"})
-    else:
-        sol = solve_ilp(costs, ctx.slots_per_gpu, cfg, start)
-        sol.build_s = time.perf_counter() - t0 - sol.solve_s  # coefficients + start + model
-        sol.info["ilp_proven_by"] = "solver"
-        if sol.assign is not None and sol.status != "optimal":
-            # How far an unfinished search got depends on the machine (a wall-clock
-            # limit); a cell must not, so the deterministic start is used, with its gap
-            # to our own bound (the solver's partial objective and gap go to info only).
-            sol.info.update(ilp_solver_objective=sol.objective, ilp_solver_gap=sol.gap)
-            sol.assign, sol.objective, sol.gap = start, start_objective, gap_to_bound(start_objective)
-    info.update(ilp_build_s=sol.build_s, ilp_solve_s=sol.solve_s, **sol.info)
-    if sol.assign is None:
-        placement = greedy(ctx)
-        info.update(ilp_status="fallback_greedy", ilp_solver_status=sol.status,
-                    ilp_objective=math.nan, ilp_gap=math.nan)
-        placement.info = {**placement.info, **info}
-        return placement
-    network, congestion, compute = costs.terms(sol.assign)
-    info.update(ilp_status=sol.status, ilp_objective=sol.objective, ilp_gap=sol.gap,
-                ilp_network_term=network, ilp_congestion_term=congestion,
-                ilp_compute_term=compute)
-    return Placement([[[int(g)] for g in layer] for layer in sol.assign], ctx.num_gpus, info)
+def _sequential_starts(models: list[Any], solutions: list[LayerSolution | None]) -> None:
+    """Request model: warm starts layer by layer, each seeing the earlier layers' load."""
+    gpu_bg, link_bg = np.zeros_like(models[0].gpu_bg), np.zeros_like(models[0].link_bg)
+    for l, model in enumerate(models):
+        model.gpu_bg, model.link_bg = gpu_bg.copy(), link_bg.copy()
+        x, y = warm_start(model)
+        obj = model.evaluate(x.astype(float), y)
+        solutions[l] = LayerSolution(x.astype(float), y, obj, obj, -math.inf, "start")
+        gpu_bg, link_bg = model.utilisation(y)
+
+
+def _set_background(models: list[Any], solutions: list[Any], layer: int) -> None:
+    """Request model: the other layers' current GPU and link load as layer's background."""
+    model = models[layer]
+    model.gpu_bg, model.link_bg = np.zeros(model.num_gpus), np.zeros(model.coef.shape[0])
+    for i, (other, sol) in enumerate(zip(models, solutions)):
+        if i != layer:
+            gpu, link = other.own_load(sol.y)
+            model.gpu_bg += gpu
+            model.link_bg += link
+
+
+def _placement(ctx: PlacementContext, models: list[Any], solutions: list[LayerSolution],
+               seconds: float) -> Placement:
+    replicas, shares = [], []
+    for sol in solutions:
+        layer_r, layer_s = [], []
+        for e in range(sol.x.shape[0]):
+            # a copy the solution gives no tokens is not worth its memory
+            gpus = np.flatnonzero((sol.x[e] > 0.5) & (sol.y[e] > 1e-9))
+            order = sorted(gpus.tolist(), key=lambda g: (-sol.y[e, g], g))
+            layer_r.append([int(g) for g in order])
+            total = float(sol.y[e, order].sum())
+            layer_s.append([float(sol.y[e, g]) / total for g in order])
+        replicas.append(layer_r)
+        shares.append(layer_s)
+    status = max((s.status for s in solutions), key=STATUS_ORDER.index)
+    objective = sum(s.objective for s in solutions)
+    bound = sum(s.bound for s in solutions)
+    info = {
+        "strategy": ctx.strategy.name,
+        "ilp_status": status,
+        "ilp_gap": float(max(s.gap for s in solutions)),
+        "ilp_total_gap": float((objective - bound) / objective) if objective > 0 else 0.0,
+        "ilp_objective": float(objective),
+        "ilp_start_objective": float(sum(s.start_objective for s in solutions)),
+        "ilp_bound": float(bound),
+        **{f"ilp_layers_{name}": sum(s.status == name for s in solutions) for name in STATUS_ORDER},
+        "ilp_layers_proven_by_bound": sum(s.proven_by == "bound" for s in solutions),
+        "ilp_layers_proven_by_solver": sum(s.proven_by == "solver" for s in solutions),
+        "ilp_copies": int(sum(len(g) for layer in replicas for g in layer)),
+        "ilp_build_s": float(sum(s.build_s for s in solutions)),
+        "ilp_solve_s": float(sum(s.solve_s for s in solutions)),
+        "ilp_seconds": float(seconds),
+        "ilp_objective_unit": "us per step (MoE layers)" if ctx.serving == "ep" else "us per request",
+    }
+    return Placement(replicas, ctx.num_gpus, info, shares=shares)
 
 
 def helios_static(ctx: PlacementContext) -> Placement:
-    """Helios congestion-aware placement: the ILP with bandwidth-aware latency."""
+    """Helios load-aware placement: per-layer MILP with bandwidth-aware link costs."""
     return solve_placement(ctx, "latency")
 
 
 def helios_hops(ctx: PlacementContext) -> Placement:
-    """Ablation of :func:`helios_static`: hop count in place of bandwidth-aware latency."""
+    """Ablation of :func:`helios_static`: hop counts in place of link serialisation."""
     return solve_placement(ctx, "hops")

@@ -117,8 +117,9 @@ class Simulation:
                                cluster.link_latency.tolist(), sim_cfg.chunk_kib * 1024,
                                self.link_meter)
         self.gpus = GpuQueues(self.env, cluster.num_gpus, self.gpu_meter)
-        self.router = make_router(routing, self)
         self.replicas = [[list(g) for g in layer] for layer in placement.replicas]
+        self.shares = placement.share_table()
+        self.router = make_router(routing, self)
         self._primary = [np.array([g[0] for g in layer]) for layer in self.replicas]
         self._multi = [np.array([len(g) > 1 for g in layer]) for layer in self.replicas]
         self.records: list[RequestRecord] = []

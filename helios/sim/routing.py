@@ -47,6 +47,36 @@ class RoundRobinRouter(Router):
         return replicas[turn % len(replicas)]
 
 
+class WeightedRouter(Router):
+    """Split each (layer, expert)'s decisions among its replicas by the placement's shares.
+
+    Smooth weighted round robin (as nginx's upstream balancer): every decision adds each
+    replica's share to its credit and picks the largest credit (lowest GPU on ties),
+    which then pays 1. Over any run of decisions each replica's count stays within one
+    of ``share x decisions``; deterministic, no random draw. A replica set that no
+    longer matches the placement's (runtime adaptation) is split equally.
+    """
+
+    def __init__(self, sim: Any) -> None:
+        super().__init__(sim)
+        self._credit: dict[tuple[int, int], dict[int, float]] = {}
+        self._placed = [[list(g) for g in layer] for layer in sim.replicas]
+
+    def choose(self, layer: int, expert: int, src: int, replicas: Sequence[int]) -> int:
+        if len(replicas) == 1:
+            return replicas[0]
+        if list(replicas) == self._placed[layer][expert]:
+            shares = self.sim.shares[layer][expert]
+        else:
+            shares = [1.0 / len(replicas)] * len(replicas)
+        credit = self._credit.setdefault((layer, expert), {})
+        for g, s in zip(replicas, shares):
+            credit[g] = credit.get(g, 0.0) + s
+        best = max(replicas, key=lambda g: (credit[g], -g))
+        credit[best] -= 1.0
+        return best
+
+
 class CongestionAwareRouter(Router):
     """The replica with the lowest estimated time to reach and be served, right now.
 
@@ -85,6 +115,7 @@ class LeastLoadedRouter(Router):
 ROUTERS: dict[str, type[Router]] = {
     "nearest": Router,
     "round_robin": RoundRobinRouter,
+    "weighted": WeightedRouter,
     "congestion_aware": CongestionAwareRouter,
     "least_loaded": LeastLoadedRouter,
 }

@@ -22,7 +22,9 @@ Model (how SGLang, vLLM and DeepSeek serve MoE with DP attention + EP MoE):
 * **Replicas**: a token goes to one replica of each chosen expert: the nearest one by
   unloaded delivery time of one token from its rank under the engine's own
   store-and-forward link model (:meth:`Cluster.transfer_time`;
-  ``strategy.routing=nearest``), or the next in turn (``round_robin``, token by token).
+  ``strategy.routing=nearest``), the next in turn (``round_robin``, token by token), or
+  one drawn by the placement's shares (``weighted``, a uniform draw per pair from the
+  gate stream; equal shares where the placement names none).
 * **Network**: the step's messages go through the compiled FIFO-link kernel
   (:mod:`helios.sim.kernel`), exactly the link model of ``serving=request``; link
   queues persist across steps. SimPy sees one event per step: a step's tasks are
@@ -154,6 +156,12 @@ class EpSimulation:
                 self.replica_table[l, e, :len(gpus)] = gpus
                 self.replica_count[l, e] = len(gpus)
         self.routing = routing
+        if routing == "weighted":
+            shares = placement.share_table()
+            self.share_cum = np.ones((self.layers, E, width))
+            for l, layer in enumerate(shares):
+                for e, share in enumerate(layer):
+                    self.share_cum[l, e, :len(share)] = np.cumsum(share)
         if routing == "nearest":
             # Cost of one token's dispatch under the engine's own (store-and-forward) model.
             nbytes = self.cfg.model.hidden_size * self.cfg.model.dispatch_bytes
@@ -272,6 +280,10 @@ class EpSimulation:
             experts = fast_top_k(popularity[l], count, self.top_k, rng, self._alias(l, popularity[l]))
             if self.routing == "nearest":
                 gpu = self.nearest[l][src[:, None], experts]
+            elif self.routing == "weighted":
+                u = rng.random(experts.shape)
+                pick = (u[..., None] >= self.share_cum[l][experts]).sum(axis=-1)
+                gpu = self.replica_table[l][experts, np.minimum(pick, self.replica_count[l][experts] - 1)]
             else:
                 turn = (np.arange(count)[:, None] + np.arange(self.top_k)[None, :])
                 gpu = self.replica_table[l][experts, turn % self.replica_count[l][experts]]
