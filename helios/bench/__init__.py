@@ -10,5 +10,6 @@ BENCHMARKS: dict[str, str] = {
     "deepep": "helios.bench.deepep",
     "engine": "helios.bench.engine",
     "ilp": "helios.bench.ilp",
+    "rank": "helios.bench.rank",
     "sweep": "helios.bench.sweep",
 }

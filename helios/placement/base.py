@@ -56,6 +56,8 @@ class PlacementContext:
         ``serving=ep``: the representative step the ILP costs.
     sim_chunk_bytes : float
         The engine's chunk size (store-and-forward transfer times).
+    num_moe_layers, num_dense_layers : int
+        The model's layer counts (placement files cover the whole model).
     """
 
     cluster: Any
@@ -69,6 +71,13 @@ class PlacementContext:
     serving: str = "request"
     ep_step: "EpStep | None" = None
     sim_chunk_bytes: float = 512.0 * 1024
+    num_moe_layers: int | None = None
+    """MoE layers of the whole model (None: the simulated ones)."""
+    num_dense_layers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_moe_layers is None:
+            object.__setattr__(self, "num_moe_layers", self.expected_load.shape[0])
 
     @property
     def num_gpus(self) -> int:

@@ -210,7 +210,7 @@ def obtain_placement(ctx: PlacementContext, cache: Any = None) -> tuple[Placemen
     def solve() -> Placement:
         return place(ctx)  # place() validates the placement against the memory budget
 
-    if cache is None:
+    if cache is None or not get_strategy(ctx.strategy.name).cacheable:
         return solve(), False
     key = placement_key(ctx)
     placement, hit = cache.get_or_solve(key, solve)

@@ -9,7 +9,7 @@ holding ``E / G`` experts, and the LM head; communication left out). The fixed p
 of ``b -> lambda (P + O) t(b) / G``, capped at ``serving.max_batch_tokens``, is the
 representative step; once at least one request arrives per step, ``t`` is that of a
 rank prefilling a whole prompt chunk (the slowest rank paces the step, and prompts
-arrive whole).
+arrive whole). A warm start's ``initial_decode_requests`` per rank is a floor.
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ def representative_step(cfg: CellConfig, num_gpus: int, rate: float) -> EpStep:
         if abs(new - tokens) <= 1e-9 * tokens and abs(step[0] - step_s) <= 1e-9 * step[0]:
             break
         tokens, step_s = new, float(step[0])
+    # A warm start (serving.initial_decode_requests) decodes that many requests per rank
+    # from the first step on.
+    tokens = max(tokens, float(serving.initial_decode_requests))
     return EpStep(step_tokens=tokens * num_gpus,
                   flop_s_per_pair=costs.expert_flops_per_pair / costs.flops_per_s,
                   byte_s_per_pair=costs.expert_act_bytes_per_pair / costs.bytes_per_s,
