@@ -32,7 +32,7 @@ from helios.sim.metrics import cell_metrics, window_records
 from helios.workload import Workload
 
 #: Bumped whenever a change to the simulator can change any result; part of every cell id.
-SIM_MODEL_VERSION = "helios-sim-3"
+SIM_MODEL_VERSION = "helios-sim-4"
 
 #: Config sections that do not change a cell's results (excluded from its id).
 NON_SEMANTIC = ("ray", "output_dir", "sweep", "record")
@@ -90,8 +90,10 @@ def prepare(cfg: CellConfig) -> tuple[Any, Any, Workload, PlacementContext]:
     """Cluster, model spec, workload and placement inputs of a cell (no simulation)."""
     cluster = build_cluster(cfg.topology)
     spec = model_spec(cfg.model, cfg.gpu)
+    homes = cfg.scenario.home_servers
     workload = Workload(cfg.scenario, spec.num_experts, spec.top_k, cluster.num_gpus,
-                        simulated_layers(cfg), cfg.sim.duration_s, cfg.seed)
+                        simulated_layers(cfg), cfg.sim.duration_s, cfg.seed,
+                        None if homes is None else homes * cluster.gpus_per_server)
     ep_step = None
     if cfg.serving.name == "ep":
         rate = mean_rate(workload.scenario, cfg.sim.duration_s)
@@ -101,7 +103,9 @@ def prepare(cfg: CellConfig) -> tuple[Any, Any, Workload, PlacementContext]:
                            slots_per_gpu=spec.slots_per_gpu, strategy=cfg.strategy, seed=cfg.seed,
                            tokens_per_request=float(cfg.scenario.tokens_per_request),
                            serving=cfg.serving.name, ep_step=ep_step,
-                           sim_chunk_bytes=cfg.sim.chunk_kib * 1024)
+                           sim_chunk_bytes=cfg.sim.chunk_kib * 1024,
+                           num_moe_layers=cfg.model.num_moe_layers,
+                           num_dense_layers=cfg.model.num_dense_layers)
     return cluster, spec, workload, ctx
 
 

@@ -55,6 +55,8 @@ class FatTreeConfig(TopologyConfig):
 
     k: int = spec(4, "switch radix; k pods, k^3/4 servers", ge=2)
     fabric_gbit_s: float = spec(400.0, "switch-to-switch link bandwidth, Gb/s", gt=0)
+    oversubscription: float = spec(
+        1.0, "taper at the spine: aggregation-core links run at fabric_gbit_s / this", ge=1)
     routing: str = spec("ecmp", "path selection", choices=("ecmp",))
 
 
@@ -188,6 +190,8 @@ class ScenarioConfig:
     zipf_s: float = spec(1.0, "Zipf exponent of expert popularity (0 = uniform)", ge=0)
     popularity_seed: typing.Optional[int] = spec(
         0, "seed of the hot-expert permutation; None = the cell seed", ge=0)
+    home_servers: typing.Optional[int] = spec(
+        None, "serving=request: requests homed on the GPUs of the first N servers (None: all)", ge=1)
 
     def validate(self, cell: Any) -> None:
         """Scenario checks that need the whole cell config (e.g. a trace file); none here.
@@ -227,6 +231,13 @@ class EplbConfig:
 
 
 @dataclass(frozen=True)
+class FileStrategyConfig:
+    """Strategy ``from_file``: a deployed placement (see :mod:`helios.placement.deploy`)."""
+
+    path: str = spec("", "SGLang --init-expert-location JSON or EPLB phy2log/logcnt JSON")
+
+
+@dataclass(frozen=True)
 class AdaptationConfig:
     """Runtime adaptation engine (strategies ``helios_dynamic`` and ``eplb_dynamic``)."""
 
@@ -257,6 +268,7 @@ class StrategyConfig:
     ilp: IlpConfig = field(default_factory=IlpConfig)
     eplb: EplbConfig = field(default_factory=EplbConfig)
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
+    file: FileStrategyConfig = field(default_factory=lambda: FileStrategyConfig())
 
 
 # --------------------------------------------------------------------------- run control
@@ -472,6 +484,14 @@ def check_consistency(cfg: CellConfig) -> None:
         raise ConfigError("sim.layers", sim.layers,
                           f"at most model.num_moe_layers ({model.num_moe_layers})")
     cfg.scenario.validate(cfg)
+    homes = cfg.scenario.home_servers
+    if homes is not None:
+        servers = topology_num_gpus(topo) // topo.gpus_per_server
+        if isinstance(cfg.serving, EpServingConfig):
+            raise ConfigError("scenario.home_servers", homes,
+                              "null with serving=ep (every GPU is an attention rank there)")
+        if homes > servers:
+            raise ConfigError("scenario.home_servers", homes, f"at most the {servers} servers")
     adapt = cfg.strategy.adaptation
     if adapt.cold_threshold >= adapt.hot_threshold:
         raise ConfigError("strategy.adaptation.cold_threshold", adapt.cold_threshold,
@@ -533,8 +553,11 @@ def _check_strategy_needs(cfg: CellConfig, num_gpus: int, slots: int) -> None:
     from helios.placement.eplb import check_eplb_fits
 
     params = STRATEGIES[cfg.strategy.name].params
+    if "file" in params:
+        _check_placement_file(cfg, num_gpus, slots)
     if "eplb" in params:
-        check_eplb_fits(cfg.strategy.eplb, cfg.model.num_experts, num_gpus, slots)
+        check_eplb_fits(cfg.strategy.eplb, cfg.model.num_experts, num_gpus, slots,
+                        num_gpus // cfg.topology.gpus_per_server)
     if "ilp" in params:
         if importlib.util.find_spec("highspy") is None:
             raise ConfigError("strategy.ilp.solver", "highs", "an installed highspy (pip install highspy)")
@@ -543,6 +566,22 @@ def _check_strategy_needs(cfg: CellConfig, num_gpus: int, slots: int) -> None:
             raise ConfigError("strategy.ilp.num_redundant", extra,
                               f"at most {num_gpus * slots - E}: {num_gpus} GPUs x {slots} expert "
                               f"slots per layer hold {num_gpus * slots} copies of {E} experts")
+
+
+def _check_placement_file(cfg: CellConfig, num_gpus: int, slots: int) -> None:
+    """strategy=from_file: the file exists, parses, and fits the model, cluster and memory."""
+    from helios.placement.deploy import placement_from_document, read_document
+
+    path = cfg.strategy.file.path
+    if not path:
+        raise ConfigError("strategy.file.path", path, "the placement file to simulate")
+    model = cfg.model
+    placement = placement_from_document(read_document(path), model.num_experts,
+                                        model.num_moe_layers, model.num_dense_layers, num_gpus, path)
+    if placement.info["file_slots_per_gpu"] > slots:
+        raise ConfigError("strategy.file.path", path,
+                          f"at most {slots} expert slots per GPU per layer "
+                          f"(the file has {placement.info['file_slots_per_gpu']})")
 
 
 def simulated_layers(cfg: CellConfig) -> int:

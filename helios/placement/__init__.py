@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from helios.errors import ConfigError
 from helios.placement.base import Placement, PlacementContext, check_fits
 from helios.placement.baselines import greedy, round_robin
+from helios.placement.deploy import from_file
 from helios.placement.eplb import eplb
 from helios.placement.ilp import helios_hops, helios_static
+from helios.placement.vllm import vllm_linear, vllm_round_robin
 
 PlaceFn = Callable[[PlacementContext], Placement]
 
@@ -27,6 +29,8 @@ class Strategy:
     place: PlaceFn
     params: tuple[str, ...] = ()
     """Sections of ``StrategyConfig`` (e.g. ``"ilp"``) the placement reads."""
+    cacheable: bool = True
+    """False where the placement reads something outside the key (a file's contents)."""
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -35,6 +39,12 @@ STRATEGIES: dict[str, Strategy] = {
     "helios_static": Strategy(helios_static, params=("ilp",)),
     "helios_hops": Strategy(helios_hops, params=("ilp",)),
     "eplb": Strategy(eplb, params=("eplb",)),
+    # DeepSeek EPLB with 0 and 32 redundant experts (conf/strategy/eplb_r0.yaml, eplb_r32.yaml).
+    "eplb_r0": Strategy(eplb, params=("eplb",)),
+    "eplb_r32": Strategy(eplb, params=("eplb",)),
+    "from_file": Strategy(from_file, params=("file",), cacheable=False),
+    "vllm_linear": Strategy(vllm_linear),
+    "vllm_round_robin": Strategy(vllm_round_robin),
     # Dynamic strategies: the same initial placement, plus the runtime adaptation engine
     # (helios.sim.adaptation.CONTROLLERS) whose `adaptation` section does not change it.
     "helios_dynamic": Strategy(helios_static, params=("ilp",)),
