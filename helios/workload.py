@@ -4,7 +4,8 @@ Model:
 
 * Requests arrive by a Poisson process of rate ``scenario.rate`` (time-varying rates
   use thinning, Lewis and Shedler 1979). A request is a batch of tokens that starts
-  on a home GPU drawn uniformly over all GPUs.
+  on a home GPU drawn uniformly over all GPUs (or over the GPUs of the first
+  ``scenario.home_servers`` servers: non-uniform token sources).
 * Every simulated MoE layer has its own expert popularity: Zipf(s) over popularity
   ranks, ``p_r ~ r^-s``, with the ranks assigned to experts by a random permutation
   per layer.
@@ -177,10 +178,12 @@ class Workload:
     """
 
     def __init__(self, scenario_cfg: ScenarioConfig, num_experts: int, top_k: int,
-                 num_gpus: int, layers: int, duration: float, seed: int) -> None:
+                 num_gpus: int, layers: int, duration: float, seed: int,
+                 home_gpus: int | None = None) -> None:
         self.cfg = scenario_cfg
         self.num_experts, self.top_k = num_experts, top_k
         self.num_gpus, self.layers, self.duration = num_gpus, layers, duration
+        self.home_gpus = num_gpus if home_gpus is None else home_gpus
         arrivals, sizes, homes, gate = np.random.SeedSequence(seed).spawn(4)
         self._arrival_rng = np.random.default_rng(arrivals)
         self._size_rng = np.random.default_rng(sizes)
@@ -216,7 +219,7 @@ class Workload:
         """Requests in arrival order, with all their gate decisions drawn."""
         for rid, t in enumerate(self.arrival_times()):
             tokens = self.tokens()
-            home = int(self._home_rng.integers(self.num_gpus))
+            home = int(self._home_rng.integers(self.home_gpus))
             pop = self.scenario.popularity(t)
             experts = [sample_top_k(pop[layer], tokens, self.top_k, self._gate_rng)
                        for layer in range(self.layers)]
@@ -244,8 +247,10 @@ class Workload:
         return load * self.scenario.rate(t) * mean_tokens
 
     def source_distribution(self) -> np.ndarray:
-        """Share of requests homed on each GPU: shape (num_gpus,), uniform."""
-        return np.full(self.num_gpus, 1.0 / self.num_gpus)
+        """Share of requests homed on each GPU: shape (num_gpus,), uniform over the home GPUs."""
+        share = np.zeros(self.num_gpus)
+        share[:self.home_gpus] = 1.0 / self.home_gpus
+        return share
 
 
 # Registers the drift scenarios (and their configs) under their names; kept last so

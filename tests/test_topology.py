@@ -310,3 +310,20 @@ def test_build_from_config_units():
     d = build(config.DragonflyConfig(a=2, p=1, h=1, routing="valiant"))
     assert d.name == "dragonfly" and d.num_switches == 6
     assert kinds_on(d, d.route(0, d.num_gpus - 1))["global"] == 2
+
+
+def test_oversubscription_tapers_only_the_spine():
+    flat, tapered = fat_tree(4), fat_tree(4, oversubscription=4.0)
+    for edge, bw_flat, bw_tapered in zip(flat.links, flat.link_bandwidth, tapered.link_bandwidth):
+        spine = edge[0].startswith(("agg", "core")) and edge[1].startswith(("agg", "core"))
+        assert bw_tapered == pytest.approx(bw_flat / 4 if spine else bw_flat)
+    # across pods a message now crosses a 4x slower link; inside a pod nothing changes
+    nbytes = 1e6
+    assert tapered.path_latency(0, 60, nbytes) > 3 * flat.path_latency(0, 60, nbytes)  # GPU 60: pod 3
+    assert tapered.path_latency(0, 12, nbytes) == flat.path_latency(0, 12, nbytes)  # pod 0
+
+
+def test_oversubscription_below_one_is_a_config_error():
+    with pytest.raises(ConfigError) as err:
+        fat_tree(4, oversubscription=0.5)
+    assert err.value.key == "topology.oversubscription"

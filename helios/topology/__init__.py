@@ -50,7 +50,8 @@ def build(topo: Any, seed: int = 0) -> Cluster:
                   nvlink_latency=topo.nvlink_latency_us * 1e-6,
                   link_latency=topo.link_latency_us * 1e-6, seed=seed)
     if topo.name == "fat_tree":
-        return fat_tree(topo.k, fabric_bandwidth=topo.fabric_gbit_s / 8 * 1e9, **common)
+        return fat_tree(topo.k, fabric_bandwidth=topo.fabric_gbit_s / 8 * 1e9,
+                        oversubscription=topo.oversubscription, **common)
     if topo.name == "dragonfly":
         return dragonfly(topo.a, topo.p, topo.h, topo.g, routing=topo.routing,
                          local_bandwidth=topo.local_gbit_s / 8 * 1e9,

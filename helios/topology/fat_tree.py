@@ -13,7 +13,7 @@ def fat_tree(k: int, *, gpus_per_server: int = 4, nics_per_server: int = 1,
              nic_per_gpu: bool = False,
              nvlink_bandwidth: float = 450e9, nic_bandwidth: float = 50e9,
              fabric_bandwidth: float = 50e9, nvlink_latency: float = 0.5e-6,
-             link_latency: float = 1e-6, seed: int = 0) -> Cluster:
+             link_latency: float = 1e-6, oversubscription: float = 1.0, seed: int = 0) -> Cluster:
     """k-ary Fat-Tree of GPU servers with flow-hashed ECMP routing.
 
     ``k`` pods, each with ``k/2`` edge switches ``edge{pod}_{i}`` and ``k/2``
@@ -36,6 +36,10 @@ def fat_tree(k: int, *, gpus_per_server: int = 4, nics_per_server: int = 1,
         Per-direction bandwidths, bytes/s (H100 NVLink4 450e9; a 400 Gb/s NIC 50e9).
     nvlink_latency, link_latency : float
         Per-hop latency, s, of GPU<->NVSwitch links and of network links.
+    oversubscription : float
+        Taper at the spine: aggregation<->core links run at ``fabric_bandwidth /
+        oversubscription`` (1: non-blocking; 2 or 4: a 2:1 or 4:1 tapered tree), so
+        traffic between pods is slower than inside a pod.
     seed : int
         Salt of the ECMP flow hash.
 
@@ -53,7 +57,11 @@ def fat_tree(k: int, *, gpus_per_server: int = 4, nics_per_server: int = 1,
     Algorithm", RFC 2992, 2000 (hash-based ECMP).
     """
     params = dict(locals())
+    params.pop("oversubscription")
     k = check_integer("k", k, 2, "an even integer >= 2")
+    if not oversubscription >= 1.0:
+        raise ConfigError("topology.oversubscription", oversubscription,
+                          "at least 1 (1: non-blocking; 2: a 2:1 taper at the spine)")
     if k % 2:
         raise ConfigError("topology.k", k, "an even integer >= 2")
     check_server_params(params)
@@ -69,8 +77,8 @@ def fat_tree(k: int, *, gpus_per_server: int = 4, nics_per_server: int = 1,
             net.connect(edges[pod * half + i], aggs[pod * half + j], fabric_bandwidth,
                         link_latency, "fabric")
         for j, m in itertools.product(range(half), repeat=2):
-            net.connect(aggs[pod * half + j], cores[j * half + m], fabric_bandwidth,
-                        link_latency, "fabric")
+            net.connect(aggs[pod * half + j], cores[j * half + m],
+                        fabric_bandwidth / oversubscription, link_latency, "fabric")
     num_servers = k**3 // 4
     net.add_servers([edges[s // half] for s in range(num_servers)], gpus_per_server, params)
 
