@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 TABLES = ("cells", "timeseries", "events", "requests", "failures")
-_PACKAGES = ("helios-moe", "numpy", "simpy", "networkx", "pulp", "pandas", "pyarrow", "ray", "hydra-core")
+_PACKAGES = ("helios-moe", "numpy", "scipy", "simpy", "networkx", "highspy", "numba", "pandas", "pyarrow",
+             "ray", "hydra-core")
 
 
 @functools.lru_cache(maxsize=1)
