@@ -204,3 +204,23 @@ def test_the_compiled_gate_draws_the_same_distribution_as_the_reference_sampler(
     r = np.bincount(ref.ravel(), minlength=32) / ref.size
     # inclusion shares agree within sampling noise (~0.1% absolute at this size)
     np.testing.assert_allclose(f, r, atol=4e-3)
+
+
+def test_weighted_routing_sends_each_replica_its_share():
+    """Expert 0 on GPUs 0 and 5 with shares 0.7 / 0.3: the gate's choices split so."""
+    cfg = config("strategy.routing=weighted")
+    cluster, _spec, workload, ctx = prepare(cfg)
+    placement, _ = obtain_placement(ctx, None)
+    placement.replicas[0][0] = [0, 5]
+    placement.shares = [[[1.0 / len(g)] * len(g) for g in layer] for layer in placement.replicas]
+    placement.shares[0][0] = [0.7, 0.3]
+    sim = EpSimulation(cluster, cfg, placement, workload)
+    tokens = np.full(cluster.num_gpus, 4000.0)
+    popularity = workload.scenario.popularity(0.0)
+    src, gpu, experts = sim._gate(tokens, popularity)[0]
+    chosen = gpu[experts == 0]
+    assert set(np.unique(chosen)) == {0, 5}
+    assert np.mean(chosen == 0) == pytest.approx(0.7, abs=0.03)
+    # the split is the same from every rank (as the placement model assumes)
+    for rank in (0, 3, 6):
+        assert np.mean(gpu[(experts == 0) & (src[:, None] == rank)] == 0) == pytest.approx(0.7, abs=0.1)
