@@ -65,6 +65,8 @@ class LayerSolution:
     solve_s: float = 0.0
     proven_by: str = ""
     """``"bound"`` (the start met the model's own bound), ``"solver"`` or ``""``."""
+    start_s: float = 0.0
+    """Seconds until the start was ready (model, bound, starts and their shares)."""
 
     @property
     def gap(self) -> float:
@@ -237,6 +239,7 @@ def solve_layer(model: EpLayer | RequestLayer, time_limit_s: float, mip_gap: flo
             best = (obj, x0.astype(float), y0)
     start_obj, x0, y0 = best
     sol = LayerSolution(x0, y0, start_obj, start_obj, min(floor, start_obj), "start", build_s)
+    sol.start_s = time.perf_counter() - t0
     if sol.gap <= mip_gap:
         sol.status, sol.proven_by = "optimal", "bound"
         sol.solve_s = time.perf_counter() - t0 - build_s
@@ -275,11 +278,14 @@ def solve_placement(ctx: PlacementContext, metric: str) -> Placement:
     solutions: list[LayerSolution | None] = [None] * len(models)
     if ctx.serving == "request":
         _sequential_starts(models, solutions)
+    start_s = 0.0  # the most a layer took to get its start ready so far
     for l, model in enumerate(models):
         if ctx.serving == "request":
             _set_background(models, solutions, l)
         left = max(deadline - time.perf_counter(), 0.0) / (len(models) - l)
-        solutions[l] = solve_layer(model, left if left > 1e-3 else 0.0, cfg.mip_gap)
+        # Too little time left for a layer's full start: the greedy start alone (cheaper).
+        solutions[l] = solve_layer(model, left if left > start_s else 0.0, cfg.mip_gap)
+        start_s = max(start_s, solutions[l].start_s)
     return _placement(ctx, models, solutions, time.perf_counter() - t0)
 
 
