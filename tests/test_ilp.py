@@ -17,7 +17,8 @@ from helios.errors import ConfigError
 from helios.moe import model_spec
 from helios.placement import ilp
 from helios.placement.base import EpStep, PlacementContext
-from helios.placement.loadaware import EpLayer, queue_cuts
+from helios.placement.ep_layer import EpLayer
+from helios.placement.loadaware import queue_cuts
 from helios.topology import Cluster
 from tests._configs import config
 

@@ -32,7 +32,6 @@ seed).
 
 from __future__ import annotations
 
-import heapq
 import math
 import time
 from dataclasses import dataclass
@@ -41,8 +40,10 @@ from typing import Any
 import numpy as np
 
 from helios.placement.base import Placement, PlacementContext
-from helios.placement.loadaware import (EpLayer, RequestLayer, expert_busy_seconds, hop_costs,
-                                        link_coefficients)
+from helios.placement.ep_layer import EpLayer
+from helios.placement.loadaware import (expert_busy_seconds, hop_costs, link_coefficients,
+                                        replica_counts)
+from helios.placement.request_layer import RequestLayer
 
 __all__ = ["LayerSolution", "layer_models", "warm_start", "solve_layer", "solve_placement",
            "helios_static", "helios_hops"]
@@ -139,41 +140,6 @@ def _transfer_costs(cluster: Any, share: np.ndarray, message: float, spec: Any,
             t = cluster.transfer_time(s, g, out, chunk) + cluster.transfer_time(g, s, back, chunk)
             cost[g] += share[s] * t / message
     return cost
-
-
-def replica_counts(load: np.ndarray, copies: int, num_gpus: int,
-                   replicable: np.ndarray | None = None) -> np.ndarray:
-    """Copies per expert: one each, then each extra to the largest load per copy.
-
-    This greedy minimises ``max_e load[e] / count[e]`` for every total (each step
-    lowers the current maximum, and no other choice can lower it).
-
-    Parameters
-    ----------
-    load : ndarray, shape (E,)
-    copies : int
-        Total copies, at least E.
-    num_gpus : int
-        Most copies of one expert.
-    replicable : ndarray of int, optional
-        The experts that may get extra copies (default: all).
-    """
-    E = load.size
-    count = np.ones(E, dtype=np.int64)
-    allowed = range(E) if replicable is None else replicable.tolist()
-    heap = [(-load[e], e) for e in allowed]
-    heapq.heapify(heap)
-    for _ in range(copies - E):
-        while heap:
-            _, e = heapq.heappop(heap)
-            if count[e] < num_gpus:
-                break
-        else:
-            break
-        count[e] += 1
-        if count[e] < num_gpus:
-            heapq.heappush(heap, (-load[e] / count[e], e))
-    return count
 
 
 def copy_totals(model: EpLayer | RequestLayer) -> list[int]:

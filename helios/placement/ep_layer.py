@@ -1,0 +1,230 @@
+"""``serving=ep``: one layer's placement cost, the step's critical path (see
+:mod:`helios.placement.loadaware` for the model)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.optimize import linprog
+
+from helios.placement.loadaware import US, LayerVars, _Layer, replica_counts
+from helios.placement.milp import Milp
+
+__all__ = ["EpLayer"]
+
+
+@dataclass
+class EpLayer(_Layer):
+    """``serving=ep``: one layer's critical path in a representative step (see module doc).
+
+    ``load`` is pairs per step; ``gemm = (flop_s, byte_s, weight_s, launch_s)`` per pair,
+    per pair, per held expert and per launch; ``out`` / ``back`` are
+    :func:`link_coefficients`; ``hops`` per GPU, used when ``metric == "hops"``.
+    """
+
+    gemm: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    out: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    back: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    hops: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def __post_init__(self) -> None:
+        self.hop_scale = 0.0
+        if self.metric == "hops":
+            balanced = np.full(self.num_gpus, self.load.sum() / self.num_gpus)
+            true = self._link_seconds(balanced)
+            denom = float(self.hops @ balanced)
+            self.hop_scale = true / denom if denom > 0 else 0.0
+
+    def _link_seconds(self, pairs: np.ndarray) -> float:
+        return float((self.out @ pairs).max(initial=0.0) + (self.back @ pairs).max(initial=0.0))
+
+    def _network(self, pairs: np.ndarray) -> float:
+        if self.metric == "hops":
+            return float(self.hop_scale * (self.hops @ pairs)) * US
+        return self._link_seconds(pairs) * US
+
+    def _compute(self, pairs: np.ndarray, held: np.ndarray) -> np.ndarray:
+        flop_s, byte_s, weight_s, launch_s = self.gemm
+        return np.maximum(flop_s * pairs, weight_s * held + byte_s * pairs) * US + launch_s * US
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> float:
+        """The objective (microseconds) of copies ``x`` and shares ``y``, shape (E, G)."""
+        pairs = self.pairs_of(y)
+        net_w, comp_w = self.weights
+        return comp_w * float(self._compute(pairs, x.sum(axis=0)).max()) + net_w * self._network(pairs)
+
+    def build(self) -> tuple[Milp, LayerVars, dict[str, np.ndarray]]:
+        """The layer's MILP and its columns."""
+        m = Milp()
+        net_w, comp_w = self.weights
+        G = self.num_gpus
+        flop_s, byte_s, weight_s, launch_s = (v * US for v in self.gemm)
+        hop_cost = net_w * self.hop_scale * US * self.hops if self.metric == "hops" else 0.0
+        v = self._shared(m, hop_cost)
+        c = m.add_cols(1, 0.0, cost=comp_w)
+        g = np.arange(G)
+        m.add_rows(np.r_[g, g], np.r_[np.repeat(c, G), v.pairs], np.r_[np.ones(G), -flop_s * np.ones(G)],
+                   launch_s, np.inf)
+        E = self.num_experts
+        # The fullest GPU's copy count as an integer: branching on it settles whether an
+        # extra copy (one more weight read on some GPU) pays, which the y <= x
+        # relaxation alone cannot see.
+        rows = np.r_[g, np.tile(g, E), g]
+        m.add_rows(rows, np.r_[np.repeat(c, G), v.x.ravel(), v.pairs],
+                   np.r_[np.ones(G), -weight_s * np.ones(E * G), -byte_s * np.ones(G)], launch_s, np.inf)
+        held = m.add_cols(1, 0.0, float(self.slots.max()), integer=True)
+        m.add_rows(np.r_[g, np.tile(g, E)], np.r_[np.repeat(held, G), v.x.ravel()],
+                   np.r_[np.ones(G), -np.ones(E * G)], 0.0, np.inf)
+        m.add_rows(np.zeros(2), np.r_[c, held], np.r_[1.0, -weight_s], launch_s, np.inf)
+        self._secant_cuts(m, v, c[0], max(flop_s, byte_s), launch_s)
+        aux = {"c": c, "held": held}
+        if self.metric != "hops":
+            for name, coef in (("d", self.out), ("b", self.back)):
+                col = m.add_cols(1, 0.0, cost=net_w)
+                k, gg = np.nonzero(coef)
+                K = coef.shape[0]
+                m.add_rows(np.r_[np.arange(K), k], np.r_[np.repeat(col, K), v.pairs[gg]],
+                           np.r_[np.ones(K), -coef[k, gg] * US], 0.0, np.inf)
+                # Every GPU's busiest ingress (egress) link carries its pairs, so the link
+                # term too is at least its least such coefficient times load / copies.
+                self._secant_cuts(m, v, col[0], _least_ingress(coef) * US, 0.0)
+                aux[name] = col
+        return m, v, aux
+
+    def lower_bound(self) -> float:
+        """A bound on the objective of every integer solution (microseconds).
+
+        With ``T`` copies in all, the busiest GPU computes at least ``L(T) = min max_e
+        load[e] / n_e`` over integer copy counts summing to ``T`` (what the replication
+        rule of :func:`~helios.placement.loadaware.replica_counts` reaches, optimal for this
+        min-max), and the fullest GPU holds at least ``ceil(T / G)`` copies. So ``C >=
+        launch + max(flop L, byte L, weight ceil(T / G))``, and each link term is at
+        least the least per-GPU busiest-link coefficient times ``L`` (every GPU's
+        busiest ingress link carries its pairs); the bound is the least over ``T``.
+        """
+        E, G = self.num_experts, self.num_gpus
+        flop_s, byte_s, weight_s, launch_s = (v * US for v in self.gemm)
+        net_w, comp_w = self.weights
+        if self.metric == "hops":
+            floor = self.hop_scale * float(self.hops.min()) * self.load.sum() * US
+            net = lambda busiest: net_w * floor  # noqa: E731
+        else:
+            per_pair = (_least_ingress(self.out) + _least_ingress(self.back)) * US
+            spread = self._link_floor() * US
+            net = lambda busiest: net_w * max(per_pair * busiest, spread)  # noqa: E731
+        hot = self.replicable()
+        best = math.inf
+        for total in range(E, self.copies + 1):
+            counts = replica_counts(self.load, total, G, hot)
+            busiest = max(float((self.load / counts).max()), self.load.sum() / G)
+            if total == E:
+                others = max(0, E - 1 - (G - 1) * math.ceil(E / G))
+                ordered = np.sort(self.load)
+                busiest = max(busiest, float(ordered[-1] + ordered[:others].sum()))
+            fullest = math.ceil(total / G)
+            work = max(flop_s * busiest, byte_s * busiest)
+            # Either some GPU holds more than ceil(T / G) copies, or (T a multiple of G)
+            # every GPU holds exactly ceil(T / G), the busiest one included.
+            c = launch_s + max(work, weight_s * (fullest + 1))
+            exact = weight_s * fullest + (byte_s * busiest if total % G == 0 else 0.0)
+            c = min(c, launch_s + max(work, exact))
+            best = min(best, comp_w * c + net(busiest))
+        return best
+
+    def _link_floor(self) -> float:
+        """Least ``max_k out @ P + max_k back @ P`` over every split of the layer's pairs
+        over the GPUs (an LP in ``P``, ``D``, ``B``): the link terms of any placement."""
+        if self.out.size == 0:
+            return 0.0
+        G, K = self.num_gpus, self.out.shape[0]
+        cost = np.r_[np.zeros(G), 1.0, 1.0]
+        scale = 1.0 / max(self.out.max(), self.back.max())
+        rows = np.block([[self.out * scale, -np.ones((K, 1)), np.zeros((K, 1))],
+                         [self.back * scale, np.zeros((K, 1)), -np.ones((K, 1))]])
+        lp = linprog(cost, A_ub=rows, b_ub=np.zeros(2 * K), A_eq=np.r_[np.ones(G), 0, 0][None, :],
+                     b_eq=[self.load.sum()], bounds=[(0, None)] * (G + 2), method="highs")
+        return float(lp.fun) / scale * (1 - 1e-9) if lp.status == 0 else 0.0
+
+    def _secant_cuts(self, m: Milp, v: LayerVars, c: int, per_pair: float, launch: float) -> None:
+        mean = self.load.sum() / self.num_gpus
+        rows, cols, vals, lo = [], [], [], []
+        G, r = self.num_gpus, 0
+        for e in np.flatnonzero(self.load > mean):
+            for k in range(1, min(G, int(math.ceil(self.load[e] / mean)) + 1)):
+                rows += [r] * (G + 1)
+                cols += [c, *v.x[e]]
+                vals += [1.0, *([per_pair * self.load[e] / (k * (k + 1))] * G)]
+                lo.append(launch + per_pair * self.load[e] * (1.0 / k + 1.0 / (k + 1)))
+                r += 1
+        if r:
+            m.add_rows(np.array(rows), np.array(cols), np.array(vals), np.array(lo), np.inf)
+
+    def complete(self, m: Milp, v: LayerVars, aux: dict[str, np.ndarray], x: np.ndarray,
+                 y: np.ndarray) -> np.ndarray:
+        """Every column's value at copies ``x`` and shares ``y`` (a MIP start)."""
+        values = np.zeros(m.num_cols)
+        pairs = self.pairs_of(y)
+        values[v.y.ravel()], values[v.x.ravel()], values[v.pairs] = y.ravel(), x.ravel(), pairs
+        values[aux["c"]] = self._compute(pairs, x.sum(axis=0)).max()
+        cut_floor = _secant_floor(self.load, x.sum(axis=1), max(self.gemm[0], self.gemm[1]) * US,
+                                  self.gemm[3] * US, self.num_gpus)
+        values[aux["c"]] = max(values[aux["c"]][0], cut_floor)
+        values[aux["held"]] = x.sum(axis=0).max()
+        if "d" in aux:
+            copies = x.sum(axis=1)
+            for name, coef in (("d", self.out), ("b", self.back)):
+                floor = _secant_floor(self.load, copies, _least_ingress(coef) * US,
+                                      0.0, self.num_gpus)
+                values[aux[name]] = max((coef @ pairs).max(initial=0.0) * US, floor)
+        return values
+
+    def marginal(self, state: dict[str, Any], e: int, share: float, cand: np.ndarray) -> np.ndarray:
+        """Objective after adding a copy of ``e`` serving ``share`` to each GPU of ``cand``."""
+        q = self.load[e] * share
+        pairs, held = state["pairs"], state["held"]
+        new_c = self._compute(pairs[cand] + q, held[cand] + 1)
+        others = state.get("c_max", 0.0)
+        net_w, comp_w = self.weights
+        obj = comp_w * np.maximum(others, new_c)
+        if self.metric == "hops":
+            obj = obj + net_w * US * self.hop_scale * (self.hops @ pairs + self.hops[cand] * q)
+        else:
+            for coef, key in ((self.out, "d_load"), (self.back, "b_load")):
+                cur = state[key]
+                obj = obj + net_w * US * np.maximum(cur.max(initial=0.0),
+                                                    (cur[:, None] + coef[:, cand] * q).max(axis=0, initial=0.0))
+        return obj
+
+    def new_state(self) -> dict[str, Any]:
+        K = self.out.shape[0]
+        return {"pairs": np.zeros(self.num_gpus), "held": np.zeros(self.num_gpus),
+                "c_max": 0.0, "d_load": np.zeros(K), "b_load": np.zeros(K)}
+
+    def add(self, state: dict[str, Any], e: int, share: float, g: int) -> None:
+        q = self.load[e] * share
+        state["pairs"][g] += q
+        state["held"][g] += 1
+        state["c_max"] = max(state["c_max"], float(self._compute(state["pairs"][g:g + 1],
+                                                                  state["held"][g:g + 1])[0]))
+        state["d_load"] += self.out[:, g] * q
+        state["b_load"] += self.back[:, g] * q
+
+
+def _least_ingress(coef: np.ndarray) -> float:
+    """``min_g max_k coef[k, g]``: the least, over GPUs, of a GPU's busiest link per pair."""
+    return float(coef.max(axis=0).min()) if coef.size else 0.0
+
+
+def _secant_floor(load: np.ndarray, copies: np.ndarray, per_pair: float, launch: float,
+                  num_gpus: int) -> float:
+    """The largest right-hand side of the secant cuts at the given copy counts."""
+    mean = load.sum() / num_gpus
+    best = 0.0
+    for e in np.flatnonzero(load > mean):
+        n = copies[e]
+        for k in range(1, min(num_gpus, int(math.ceil(load[e] / mean)) + 1)):
+            best = max(best, launch + per_pair * load[e] * (1.0 / k + 1.0 / (k + 1) - n / (k * (k + 1))))
+    return best

@@ -1,0 +1,199 @@
+"""``serving=request``: one layer's placement cost, waiting + transfer time per request
+(see :mod:`helios.placement.loadaware` for the model)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from helios.placement.loadaware import US, LayerVars, _Layer, pwl, queue_cuts
+from helios.placement.milp import Milp
+
+__all__ = ["RequestLayer"]
+
+
+@dataclass
+class RequestLayer(_Layer):
+    """``serving=request``: one layer's waiting + transfer time per request (module doc).
+
+    ``load`` is pairs per second, ``busy`` the GPU busy seconds per second each expert
+    would cause on one GPU, ``rate`` requests per second of ``tokens`` tokens, ``coef``
+    the combined dispatch + combine :func:`link_coefficients` (seconds per token sent),
+    ``tau`` a token's unloaded transfer seconds per GPU, ``gpu_bg`` / ``link_bg`` the
+    other layers' utilisations.
+
+    The request model sends a token once to every GPU holding one of its experts, so a
+    GPU receives ``rate tokens f(W[g])`` tokens per second, ``W[g] = sum_e a[e] y[e, g]``,
+    ``a[e] = -log(1 - pi[e])`` (``pi[e]`` the chance a token picks ``e``; selections
+    treated as independent, and a replicated expert's share as a thinned intensity),
+    ``f(W) = 1 - exp(-W)``. ``f`` is concave: experts picked together save sends when
+    they share a GPU. It enters as the incremental piecewise-linear interpolation at
+    ``segments`` breakpoints (equal steps of ``f``; binaries open a segment only once the
+    previous one is full); this interpolation is the model, here and in the MILP.
+    """
+
+    busy: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    rate: float = 1.0
+    tokens: int = 1
+    coef: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    tau: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    hops: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    gpu_bg: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    link_bg: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    rho_max: float = 0.95
+    cuts: int = 16
+    segments: int = 8
+
+    def __post_init__(self) -> None:
+        self.hop_scale = 0.0
+        self.slopes, self.intercepts = queue_cuts(self.rho_max, self.cuts)
+        pi = np.clip(self.load / (self.rate * self.tokens), 0.0, 1.0 - 1e-9)
+        self.intensity = -np.log1p(-pi)
+        most = float(np.sort(self.intensity)[::-1][:int(self.slots.max())].sum())
+        levels = np.linspace(0.0, 1.0 - math.exp(-most), self.segments + 1)
+        self.breaks = -np.log1p(-levels)
+        self.breaks[-1] = most
+        self.values = 1.0 - np.exp(-self.breaks)
+        if self.metric == "hops":
+            balanced = np.full(self.num_gpus, self.intensity.sum() / self.num_gpus)
+            sends = self.rate * self.tokens * np.interp(balanced, self.breaks, self.values)
+            true = self._network(sends, use_hops=False)
+            denom = float(self.hops @ sends)
+            self.hop_scale = true / denom if denom > 0 else 0.0
+
+    def sends_of(self, y: np.ndarray) -> np.ndarray:
+        """Tokens per second each GPU receives (the piecewise-linear model)."""
+        return self.rate * self.tokens * np.interp(self.intensity @ y, self.breaks, self.values)
+
+    def _network(self, sends: np.ndarray, use_hops: bool | None = None) -> float:
+        """Network seconds per request times the request rate."""
+        if use_hops if use_hops is not None else self.metric == "hops":
+            return float(self.hop_scale * (self.hops @ sends))
+        links = pwl(self.link_bg + self.coef @ sends, self.slopes, self.intercepts).sum()
+        return float(links + self.tau @ sends)
+
+    def utilisation(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """GPU and link utilisations, including the other layers'."""
+        return self.gpu_bg + self.busy @ y, self.link_bg + self.coef @ self.sends_of(y)
+
+    def own_load(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """This layer's own GPU and link utilisations."""
+        return self.busy @ y, self.coef @ self.sends_of(y)
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> float:
+        """The objective (microseconds per request) of copies ``x`` and shares ``y``."""
+        net_w, comp_w = self.weights
+        gpu = pwl(self.gpu_bg + self.busy @ y, self.slopes, self.intercepts).sum()
+        return (comp_w * float(gpu) + net_w * self._network(self.sends_of(y))) * US / self.rate
+
+    def build(self) -> tuple[Milp, LayerVars, dict[str, np.ndarray]]:
+        m = Milp()
+        net_w, comp_w = self.weights
+        E, G = self.num_experts, self.num_gpus
+        scale = US / self.rate
+        v = self._shared(m)
+        g = np.arange(G)
+        u = m.add_cols(G, 0.0, self.rho_max)
+        m.add_rows(np.r_[g, np.tile(g, E)], np.r_[u, v.y.ravel()],
+                   np.r_[np.ones(G), -np.repeat(self.busy, G)], self.gpu_bg, self.gpu_bg)
+        w = m.add_cols(G, 0.0, cost=comp_w * scale)
+        self._cut_rows(m, w, u)
+        send_cost = self.hop_scale * self.hops if self.metric == "hops" else self.tau
+        sends = self._sends_rows(m, v, net_w * scale * send_cost)
+        aux = {"u": u, "w": w, "sends": sends}
+        if self.metric != "hops":
+            K = self.coef.shape[0]
+            util = m.add_cols(K, 0.0, self.rho_max)
+            k, gg = np.nonzero(self.coef)
+            m.add_rows(np.r_[np.arange(K), k], np.r_[util, sends[gg]],
+                       np.r_[np.ones(K), -self.coef[k, gg]], self.link_bg, self.link_bg)
+            wait = m.add_cols(K, 0.0, cost=net_w * scale)
+            self._cut_rows(m, wait, util)
+            aux.update(util=util, wait=wait)
+        return m, v, aux
+
+    def _sends_rows(self, m: Milp, v: LayerVars, cost: np.ndarray) -> np.ndarray:
+        """Columns ``S[g]`` = tokens/s sent to ``g``, by the incremental PWL of ``f``."""
+        E, G, n = self.num_experts, self.num_gpus, self.segments
+        width = np.diff(self.breaks)
+        slope = np.diff(self.values) / width
+        fill = m.add_cols(G * n, 0.0, np.tile(width, G)).reshape(G, n)
+        opened = m.add_cols(G * (n - 1), 0.0, 1.0, integer=True).reshape(G, n - 1)
+        g = np.arange(G)
+        # sum_k fill[g, k] = sum_e a[e] y[e, g]
+        m.add_rows(np.r_[np.repeat(g, n), np.tile(g, E)], np.r_[fill.ravel(), v.y.ravel()],
+                   np.r_[np.ones(G * n), -np.repeat(self.intensity, G)], 0.0, 0.0)
+        r = np.arange(G * (n - 1))
+        # segment k full before k + 1 opens: fill[k] >= width[k] z[k], fill[k + 1] <= width[k + 1] z[k]
+        m.add_rows(np.r_[r, r], np.r_[fill[:, :-1].ravel(), opened.ravel()],
+                   np.r_[np.ones(r.size), -np.tile(width[:-1], G)], 0.0, np.inf)
+        m.add_rows(np.r_[r, r], np.r_[fill[:, 1:].ravel(), opened.ravel()],
+                   np.r_[np.ones(r.size), -np.tile(width[1:], G)], -np.inf, 0.0)
+        sends = m.add_cols(G, 0.0, cost=cost)
+        m.add_rows(np.r_[g, np.repeat(g, n)], np.r_[sends, fill.ravel()],
+                   np.r_[np.ones(G), -self.rate * self.tokens * np.tile(slope, G)], 0.0, 0.0)
+        self._fill, self._opened = fill, opened
+        return sends
+
+    def lower_bound(self) -> float:
+        """No bound of its own: the solver's bound is the proof (returns ``-inf``)."""
+        return -math.inf
+
+    def _cut_rows(self, m: Milp, wait: np.ndarray, util: np.ndarray) -> None:
+        n, cuts = wait.size, self.slopes.size
+        rows = np.arange(n * cuts)
+        m.add_rows(np.r_[rows, rows], np.r_[np.repeat(wait, cuts), np.repeat(util, cuts)],
+                   np.r_[np.ones(n * cuts), -np.tile(self.slopes, n)],
+                   np.tile(self.intercepts, n), np.inf)
+
+    def complete(self, m: Milp, v: LayerVars, aux: dict[str, np.ndarray], x: np.ndarray,
+                 y: np.ndarray) -> np.ndarray:
+        values = np.zeros(m.num_cols)
+        values[v.y.ravel()], values[v.x.ravel()], values[v.pairs] = y.ravel(), x.ravel(), self.pairs_of(y)
+        gpu, link = self.utilisation(y)
+        values[aux["u"]] = gpu
+        values[aux["w"]] = np.maximum(pwl(gpu, self.slopes, self.intercepts), 0.0)
+        weight = np.minimum(self.intensity @ y, self.breaks[-1])
+        width = np.diff(self.breaks)
+        fill = np.clip(weight[:, None] - self.breaks[None, :-1], 0.0, width[None, :])
+        values[self._fill.ravel()] = fill.ravel()
+        values[self._opened.ravel()] = (fill[:, :-1] >= width[None, :-1] * (1 - 1e-12)).ravel()
+        values[aux["sends"]] = self.sends_of(y)
+        if "util" in aux:
+            values[aux["util"]] = link
+            values[aux["wait"]] = np.maximum(pwl(link, self.slopes, self.intercepts), 0.0)
+        return values
+
+    def new_state(self) -> dict[str, Any]:
+        return {"gpu": self.gpu_bg.copy(), "link": self.link_bg.copy(),
+                "weight": np.zeros(self.num_gpus), "pairs": np.zeros(self.num_gpus)}
+
+    def _sends(self, weight: np.ndarray) -> np.ndarray:
+        return self.rate * self.tokens * np.interp(weight, self.breaks, self.values)
+
+    def marginal(self, state: dict[str, Any], e: int, share: float, cand: np.ndarray) -> np.ndarray:
+        net_w, comp_w = self.weights
+        u = self.busy[e] * share
+        gpu = state["gpu"][cand]
+        obj = comp_w * (pwl(gpu + u, self.slopes, self.intercepts) - pwl(gpu, self.slopes, self.intercepts))
+        weight = state["weight"][cand]
+        extra = self._sends(weight + self.intensity[e] * share) - self._sends(weight)
+        if self.metric == "hops":
+            return obj + net_w * self.hop_scale * self.hops[cand] * extra
+        # Links: the queueing cost's slope at the current load (first order; a copy moves
+        # one link's utilisation by little), one K x G product per copy.
+        link = state["link"]
+        slope = self.slopes[np.argmax(link[:, None] * self.slopes + self.intercepts, axis=1)]
+        return obj + net_w * (slope @ self.coef[:, cand] + self.tau[cand]) * extra
+
+    def add(self, state: dict[str, Any], e: int, share: float, g: int) -> None:
+        weight = state["weight"][g]
+        extra = float(self._sends(np.array([weight + self.intensity[e] * share]))[0]
+                      - self._sends(np.array([weight]))[0])
+        state["weight"][g] += self.intensity[e] * share
+        state["gpu"][g] += self.busy[e] * share
+        state["link"] += self.coef[:, g] * extra
+        state["pairs"][g] += self.load[e] * share
