@@ -90,6 +90,17 @@ def _ref_layer(row, num_replicas, num_groups, num_nodes, num_gpus):
     return phy2log, {e: [s for _, s in sorted(v)] for e, v in replicas.items()}
 
 
+def assert_matches_reference(weight, num_replicas, num_groups, num_nodes, num_gpus):
+    """The port's maps are consistent and equal the list-based reading's, layer by layer."""
+    phy2log, log2phy, logcnt = rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus)
+    assert_consistent(weight, phy2log, log2phy, logcnt, num_replicas)
+    for layer in range(weight.shape[0]):
+        ref_phy2log, ref_replicas = _ref_layer(weight[layer], num_replicas, num_groups, num_nodes, num_gpus)
+        assert phy2log[layer].tolist() == ref_phy2log
+        for e in range(weight.shape[1]):
+            assert log2phy[layer, e, : logcnt[layer, e]].tolist() == ref_replicas[e]
+
+
 # --- tests ---
 
 
@@ -112,13 +123,7 @@ def test_invariants_and_match_with_reference_reading(num_replicas, num_groups, n
     # Small integer loads give many ties, which exercises the tie-breaking rules.
     rng = np.random.default_rng(1234)
     weight = rng.integers(0, 6, size=(5, 12))
-    phy2log, log2phy, logcnt = rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus)
-    assert_consistent(weight, phy2log, log2phy, logcnt, num_replicas)
-    for layer in range(weight.shape[0]):
-        ref_phy2log, ref_replicas = _ref_layer(weight[layer], num_replicas, num_groups, num_nodes, num_gpus)
-        assert phy2log[layer].tolist() == ref_phy2log
-        for e in range(12):
-            assert log2phy[layer, e, : logcnt[layer, e]].tolist() == ref_replicas[e]
+    assert_matches_reference(weight, num_replicas, num_groups, num_nodes, num_gpus)
 
 
 @pytest.mark.parametrize(
@@ -133,13 +138,7 @@ def test_matches_the_reference_reading_on_loads_without_ties(num_replicas, num_g
     reference accepts although groups or nodes do not divide (it ignores both)."""
     rng = np.random.default_rng(num_replicas * 100 + num_groups * 10 + num_nodes)
     weight = rng.gamma(0.6, 50.0, size=(6, 12))
-    phy2log, log2phy, logcnt = rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus)
-    assert_consistent(weight, phy2log, log2phy, logcnt, num_replicas)
-    for layer in range(weight.shape[0]):
-        ref_phy2log, ref_replicas = _ref_layer(weight[layer], num_replicas, num_groups, num_nodes, num_gpus)
-        assert phy2log[layer].tolist() == ref_phy2log
-        for e in range(12):
-            assert log2phy[layer, e, : logcnt[layer, e]].tolist() == ref_replicas[e]
+    assert_matches_reference(weight, num_replicas, num_groups, num_nodes, num_gpus)
 
 
 def test_global_policy_when_groups_do_not_split_over_nodes():
