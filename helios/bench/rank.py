@@ -16,7 +16,6 @@ the Spearman rank correlation between the two (target >= 0.8).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -107,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         placement = random_placement(ctx.layers, ctx.num_experts, ctx.num_gpus, ctx.slots_per_gpu,
                                      16 * (i % 3), rng)
         rows.append((f"random {i} (+{16 * (i % 3)} copies)", predicted_us(models, placement),
-                     simulated_ms(("strategy=round_robin",), dataclasses.replace(placement))))
+                     simulated_ms(("strategy=round_robin",), placement)))
         print(f"{rows[-1][0]:<60} {rows[-1][1]:12.1f} us {rows[-1][2]:10.2f} ms", flush=True)
     rho = spearmanr([r[1] for r in rows], [r[2] for r in rows]).statistic
     print(f"\n{len(rows)} placements: Spearman rank correlation (predicted cost, simulated mean "

@@ -149,16 +149,14 @@ class EpLayer(_Layer):
         return float(lp.fun) / scale * (1 - 1e-9) if lp.status == 0 else 0.0
 
     def _secant_cuts(self, m: Milp, v: LayerVars, c: int, per_pair: float, launch: float) -> None:
-        mean = self.load.sum() / self.num_gpus
         rows, cols, vals, lo = [], [], [], []
         G, r = self.num_gpus, 0
-        for e in np.flatnonzero(self.load > mean):
-            for k in range(1, min(G, int(math.ceil(self.load[e] / mean)) + 1)):
-                rows += [r] * (G + 1)
-                cols += [c, *v.x[e]]
-                vals += [1.0, *([per_pair * self.load[e] / (k * (k + 1))] * G)]
-                lo.append(launch + per_pair * self.load[e] * (1.0 / k + 1.0 / (k + 1)))
-                r += 1
+        for e, k in _secant_points(self.load, G):
+            rows += [r] * (G + 1)
+            cols += [c, *v.x[e]]
+            vals += [1.0, *([per_pair * self.load[e] / (k * (k + 1))] * G)]
+            lo.append(launch + per_pair * self.load[e] * (1.0 / k + 1.0 / (k + 1)))
+            r += 1
         if r:
             m.add_rows(np.array(rows), np.array(cols), np.array(vals), np.array(lo), np.inf)
 
@@ -218,13 +216,16 @@ def _least_ingress(coef: np.ndarray) -> float:
     return float(coef.max(axis=0).min()) if coef.size else 0.0
 
 
+def _secant_points(load: np.ndarray, num_gpus: int) -> list[tuple[int, int]]:
+    """The (expert, k) of the secant cuts: experts above the mean GPU load, each with the
+    integer copy counts k below which one copy would carry more than the mean."""
+    mean = load.sum() / num_gpus
+    return [(int(e), k) for e in np.flatnonzero(load > mean)
+            for k in range(1, min(num_gpus, int(math.ceil(load[e] / mean)) + 1))]
+
+
 def _secant_floor(load: np.ndarray, copies: np.ndarray, per_pair: float, launch: float,
                   num_gpus: int) -> float:
     """The largest right-hand side of the secant cuts at the given copy counts."""
-    mean = load.sum() / num_gpus
-    best = 0.0
-    for e in np.flatnonzero(load > mean):
-        n = copies[e]
-        for k in range(1, min(num_gpus, int(math.ceil(load[e] / mean)) + 1)):
-            best = max(best, launch + per_pair * load[e] * (1.0 / k + 1.0 / (k + 1) - n / (k * (k + 1))))
-    return best
+    return max([0.0] + [launch + per_pair * load[e] * (1.0 / k + 1.0 / (k + 1) - copies[e] / (k * (k + 1)))
+                        for e, k in _secant_points(load, num_gpus)])

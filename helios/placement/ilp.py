@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from helios.config import EplbConfig
 from helios.placement.base import Placement, PlacementContext
 from helios.placement.ep_layer import EpLayer
 from helios.placement.loadaware import (expert_busy_seconds, hop_costs, link_coefficients,
@@ -80,10 +81,6 @@ def _slots(ctx: PlacementContext) -> np.ndarray:
     return np.full(ctx.num_gpus, ctx.slots_per_gpu)
 
 
-#: Extra copies per layer when ``strategy.ilp.num_redundant`` is null: Helios's EPLB default.
-DEFAULT_REDUNDANT = 16
-
-
 def _copies(ctx: PlacementContext) -> int:
     """Copy budget per layer: experts plus the redundant copies.
 
@@ -93,7 +90,8 @@ def _copies(ctx: PlacementContext) -> int:
     """
     E, G = ctx.num_experts, ctx.num_gpus
     extra = ctx.strategy.ilp.num_redundant
-    total = -(-(E + DEFAULT_REDUNDANT) // G) * G if extra is None else E + extra
+    eplb_default = EplbConfig().num_redundant
+    total = -(-(E + eplb_default) // G) * G if extra is None else E + extra
     return min(total, G * ctx.slots_per_gpu)
 
 
@@ -105,15 +103,13 @@ def layer_models(ctx: PlacementContext, metric: str) -> list[EpLayer | RequestLa
     hops = hop_costs(cluster, share) if metric == "hops" else np.zeros(ctx.num_gpus)
     load = np.asarray(ctx.expected_load, dtype=float)
     common = dict(slots=_slots(ctx), copies=_copies(ctx), weights=weights, metric=metric)
+    out, back = link_coefficients(cluster, share, spec.dispatch_token_bytes, spec.combine_token_bytes)
     if ctx.serving == "ep":
         step = ctx.ep_step
-        out, back = link_coefficients(cluster, share, spec.dispatch_token_bytes,
-                                      spec.combine_token_bytes)
         gemm = (step.flop_s_per_pair, step.byte_s_per_pair, step.weight_s_per_expert, step.launch_s)
         pairs = load / load.sum(axis=1, keepdims=True) * spec.top_k * step.step_tokens
         return [EpLayer(load=p, gemm=gemm, out=out, back=back, hops=hops, **common) for p in pairs]
     tokens = int(round(ctx.tokens_per_request))
-    out, back = link_coefficients(cluster, share, spec.dispatch_token_bytes, spec.combine_token_bytes)
     coef = out + back
     message = max(1.0, tokens * spec.top_k / min(ctx.num_gpus, ctx.num_experts))
     tau = _transfer_costs(cluster, share, message, spec, ctx.sim_chunk_bytes)

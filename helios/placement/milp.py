@@ -86,15 +86,6 @@ class Milp:
     def cost(self) -> np.ndarray:
         return np.concatenate(self._cost)
 
-    def check(self, values: np.ndarray, tol: float = 1e-7) -> float:
-        """Largest violation of any bound or row by ``values`` (0 when feasible)."""
-        lo, hi = np.concatenate(self._lower), np.concatenate(self._upper)
-        act = self.matrix() @ values
-        rlo, rhi = np.concatenate(self._row_lo), np.concatenate(self._row_hi)
-        worst = [np.max(lo - values, initial=0.0), np.max(values - hi, initial=0.0),
-                 np.max(rlo - act, initial=0.0), np.max(act - rhi, initial=0.0)]
-        return float(max(worst))
-
     def solve(self, start: np.ndarray | None, time_limit_s: float, mip_gap: float,
               relax: bool = False, fix: tuple[np.ndarray, np.ndarray] | None = None) -> MilpResult:
         """Solve with HiGHS (one thread, fixed random seed), from ``start`` if given.
