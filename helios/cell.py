@@ -25,6 +25,7 @@ from helios.placement import PlacementContext
 from helios.placement.cache import DiskPlacementCache, cache_root, obtain_placement
 from helios.sim.adaptation import make_controller
 from helios.sim.engine import Simulation
+from helios.sim.ep.adapters import EP_ADAPTERS
 from helios.sim.ep.engine import EpSimulation
 from helios.sim.ep.metrics import ep_cell_metrics, ep_window_records, request_records
 from helios.sim.ep.steady import mean_rate, representative_step
@@ -133,16 +134,23 @@ def run_cell(cfg: CellConfig | Mapping[str, Any], cache: Any = None) -> CellResu
 
     t0 = time.perf_counter()
     if cfg.serving.name == "ep":
-        sim = EpSimulation(cluster, cfg, placement, workload).run()
+        adapter_cls = EP_ADAPTERS.get(cfg.strategy.name)
+        factory = None if adapter_cls is None else (lambda s: adapter_cls(s, cfg, ctx))
+        sim = EpSimulation(cluster, cfg, placement, workload, factory).run()
         metrics, windows, records = ep_cell_metrics(sim), ep_window_records(sim), request_records(sim)
-        replica_stats = (0, 0, 0.0)
-        events, adaptation_events = next(sim.env._eid) + sim.kernel_tasks, []
+        a = sim.adapter
+        replica_stats = (0, 0, 0.0) if a is None else (a.replicas_added, a.replicas_evicted,
+                                                       a.replication_bytes)
+        decisions, pause_s = (0, 0.0) if a is None else (a.rebalances, a.pause_s)
+        events, adaptation_events = next(sim.env._eid) + sim.kernel_tasks, [] if a is None else a.events
         extra = {"chunk_hops": sim.chunk_hops, "kernel_s": sim.kernel_s}
     else:
         sim = Simulation(cluster, spec, placement, workload, cfg.sim, routing=cfg.strategy.routing,
                          controller=make_controller(cfg)).run()
         metrics, windows, records = cell_metrics(sim), window_records(sim), sim.records
         replica_stats = (sim.replicas_added, sim.replicas_evicted, sim.replication_bytes)
+        engine = getattr(sim, "adaptation_engine", None)
+        decisions, pause_s = (0 if engine is None else engine.decisions), 0.0
         # SimPy numbers every scheduled event; the counter's next value is the total.
         events, adaptation_events = next(sim.env._eid), sim.adaptation_events
         extra = {}
@@ -157,6 +165,7 @@ def run_cell(cfg: CellConfig | Mapping[str, Any], cache: Any = None) -> CellResu
         **asdict(metrics),
         "replicas_added": replica_stats[0], "replicas_evicted": replica_stats[1],
         "replication_bytes": replica_stats[2],
+        "adapt_decisions": decisions, "migration_pause_s": pause_s,
         "placement_cache": "hit" if cache_hit else "miss",
         "placement_s": placement_s,
         "ilp_status": placement.info.get("ilp_status", ""),

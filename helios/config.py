@@ -253,6 +253,39 @@ class AdaptationConfig:
     max_transfers_in_flight: int = spec(4, "helios_dynamic: replica transfers in flight at once", ge=1)
     paced_transfers: bool = spec(
         True, "send replica weights one network chunk at a time (background copy) instead of at once")
+    # serving=ep (helios.sim.ep.adapt): set in steps, as vLLM and SGLang set them.
+    interval_steps: int = spec(
+        3000, "serving=ep: steps between two rebalances (vLLM eplb step_interval, SGLang "
+              "eplb_rebalance_num_iterations)", ge=1)
+    window_steps: int = spec(
+        1000, "serving=ep: the expert counts of the last this many completed steps decide "
+              "(vLLM eplb window_size, SGLang expert_distribution_recorder_buffer_size)", ge=1)
+    layers_per_chunk: typing.Optional[int] = spec(
+        None, "serving=ep: layers rebalanced per step, a chunk after each step (SGLang "
+              "eplb_rebalance_layers_per_chunk); null: all at once", ge=1)
+    utilization_threshold: float = spec(
+        1.0, "serving=ep: skip a rebalance while the window's balancedness (mean / max GPU "
+             "load) is above this (SGLang eplb_min_rebalancing_utilization_threshold; 1 never "
+             "skips)", gt=0, le=1)
+    transfer: str = spec(
+        "stop_the_world", "serving=ep: weight copies pause serving until done (stop_the_world,"
+        " as vLLM and SGLang by default) or go in the background (async) while steps run",
+        choices=("stop_the_world", "async"))
+    migration_gbyte_s: typing.Optional[float] = spec(
+        None, "serving=ep: budget of weight-copy bytes over the fabric, GB/s (async only); "
+              "null: no budget", gt=0)
+    min_gain: float = spec(
+        0.01, "serving=ep, helios_dynamic: a move must cut its layer's step cost by this share",
+        ge=0, lt=1)
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """What routers and adaptation engines may see, and how late (no oracle telemetry)."""
+
+    delay_s: typing.Optional[float] = spec(
+        None, "age of the link, GPU and queue telemetry routers and adaptation engines see, s "
+              "(null: one sim.window_s); expert counts are those of completed windows", ge=0)
 
 
 @dataclass(frozen=True)
@@ -330,6 +363,7 @@ class CellConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     sim: SimConfig = field(default_factory=SimConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     seed: int = spec(0, "seed of every random draw of the cell", ge=0)
     sweep: str = spec("default", "sweep name: results go to <output_dir>/<sweep>/")
@@ -512,17 +546,26 @@ def check_consistency(cfg: CellConfig) -> None:
     _check_strategy_needs(cfg, num_gpus, slots)
     if isinstance(cfg.serving, EpServingConfig):
         _check_ep(cfg)
+    else:
+        from helios.sim.adaptation import CONTROLLERS
+        from helios.sim.ep.adapters import EP_ADAPTERS
+
+        if cfg.strategy.name in EP_ADAPTERS and cfg.strategy.name not in CONTROLLERS:
+            raise ConfigError("strategy", cfg.strategy.name,
+                              "a strategy of serving=request (this one runs with serving=ep; "
+                              "the request model's dynamic strategies: "
+                              + ", ".join(sorted(CONTROLLERS)) + ")")
 
 
 def _check_ep(cfg: CellConfig) -> None:
     """serving=ep checks: what the model supports and a KV cache that holds a request."""
-    from helios.sim.adaptation import CONTROLLERS
     from helios.sim.ep.engine import kv_budget_tokens, longest_request
 
-    if cfg.strategy.name in CONTROLLERS:
-        raise ConfigError("strategy", cfg.strategy.name,
-                          "a static strategy with serving=ep (the dynamic strategies run with "
-                          "serving=request)")
+    adapt = cfg.strategy.adaptation
+    if adapt.migration_gbyte_s is not None and adapt.transfer != "async":
+        raise ConfigError("strategy.adaptation.migration_gbyte_s", adapt.migration_gbyte_s,
+                          "null with strategy.adaptation.transfer=stop_the_world (a budget "
+                          "paces background copies; set transfer=async)")
     if cfg.strategy.routing not in ("nearest", "round_robin", "weighted"):
         raise ConfigError("strategy.routing", cfg.strategy.routing,
                           "nearest, round_robin or weighted with serving=ep")

@@ -308,3 +308,6 @@ _SCENARIOS: dict[str, tuple[type[ScenarioConfig], type[Scenario]]] = {
 for _name, (_config_cls, _scenario_cls) in _SCENARIOS.items():
     SCENARIOS[_name] = _config_cls
     SCENARIO_CLASSES[_name] = _scenario_cls
+
+# The mixture scenarios (domain_shift, periodic) register themselves on import.
+import helios.mixtures  # noqa: E402,F401

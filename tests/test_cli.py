@@ -70,7 +70,20 @@ BAD_INPUTS = [
     (["serving=foo"], "serving=foo"),
     (["model=tiny", "topology.gpus_per_server=1", "serving.dispatch=per_node"],
      "serving.dispatch=per_node"),
-    (["strategy=helios_dynamic"], "strategy=helios_dynamic"),
+    # runtime adaptation (serving=ep)
+    (["telemetry.delay_s=-1"], "telemetry.delay_s=-1"),
+    (["strategy=helios_dynamic", "strategy.adaptation.interval_steps=0"],
+     "strategy.adaptation.interval_steps=0"),
+    (["strategy=eplb_dynamic", "strategy.adaptation.window_steps=0"],
+     "strategy.adaptation.window_steps=0"),
+    (["strategy=helios_dynamic", "strategy.adaptation.migration_gbyte_s=0"],
+     "strategy.adaptation.migration_gbyte_s=0"),
+    (["strategy=helios_dynamic", "strategy.adaptation.migration_gbyte_s=-3"],
+     "strategy.adaptation.migration_gbyte_s=-3"),
+    (["strategy=eplb_dynamic", "strategy.adaptation.migration_gbyte_s=5"],
+     "strategy.adaptation.migration_gbyte_s=5.0"),
+    (["*REQUEST", "strategy=eplb_incremental"], "strategy=eplb_incremental"),
+    (["*REQUEST", "strategy=oracle_static_window"], "strategy=oracle_static_window"),
     (["strategy.routing=congestion_aware"], "strategy.routing=congestion_aware"),
     # experts that do not fit in one cell of a sweep: refused before any cell runs
     (["--multirun", "+sweep=smoke", "strategy=round_robin",
@@ -80,6 +93,7 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("argv,named", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, named, tmp_path, capsys):
+    argv = [a for arg in argv for a in (REQUEST_MODEL if arg == "*REQUEST" else [arg])]
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, f"output_dir={tmp_path}"])
     assert exit_info.value.code == 2

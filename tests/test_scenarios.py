@@ -20,7 +20,8 @@ from helios.workload import SCENARIO_CLASSES, Workload, zipf_popularity
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from make_example_trace import make_trace  # noqa: E402
 
-NAMES = ("stationary", "gradual_drift", "sudden_shift", "bursty", "trace")
+NAMES = ("stationary", "gradual_drift", "sudden_shift", "bursty", "trace", "domain_shift",
+         "periodic")
 
 
 def workload(cfg, seed=0):
@@ -41,7 +42,8 @@ def test_every_scenario_is_registered_and_composes():
 def test_registration_has_no_import_cycle(first):
     code = (f"import {first}; from helios.config import SCENARIOS; "
             "from helios.workload import SCENARIO_CLASSES; "
-            "assert {'gradual_drift','sudden_shift','bursty','trace'} <= set(SCENARIOS) & set(SCENARIO_CLASSES)")
+            "assert {'gradual_drift','sudden_shift','bursty','trace','domain_shift','periodic'} "
+            "<= set(SCENARIOS) & set(SCENARIO_CLASSES)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
 
 
@@ -174,3 +176,28 @@ def test_malformed_traces_fail_at_config_time(tmp_path):
     (tmp_path / "garbage.parquet").write_bytes(b"not parquet")
     with pytest.raises(ConfigError, match="readable"):
         config("scenario=trace", f"scenario.trace_path={tmp_path / 'garbage.parquet'}")
+
+
+def test_domain_shift_hands_dominance_on_every_period_and_blends():
+    cfg = cell_config(compose(["scenario=domain_shift", "sim.layers=2", "scenario.period_s=0.5",
+                               "scenario.transition_s=0.1", "scenario.dominant_weight=0.7"]))
+    scen = workload(cfg).scenario
+    profiles = scen.profile_popularity  # (3, layers, E)
+    assert profiles.shape[0] == 3 and not np.allclose(profiles[0], profiles[1])
+    for t, dominant in ((0.2, 0), (0.7, 1), (1.2, 2), (1.7, 0)):
+        w = scen.weights(t)
+        assert w.argmax() == dominant and w.max() == pytest.approx(0.7) and w.sum() == pytest.approx(1)
+        np.testing.assert_allclose(scen.popularity(t), np.tensordot(w, profiles, axes=1), atol=1e-12)
+    np.testing.assert_allclose(scen.weights(0.55), 0.5 * (scen.weights(0.4) + scen.weights(0.7)))
+    again = workload(cfg).scenario
+    np.testing.assert_array_equal(again.profile_popularity, profiles)
+
+
+def test_periodic_weights_oscillate_with_the_period():
+    cfg = cell_config(compose(["scenario=periodic", "sim.layers=2", "scenario.period_s=1.0"]))
+    scen = workload(cfg).scenario
+    np.testing.assert_allclose(scen.weights(0.0), [1, 0])
+    np.testing.assert_allclose(scen.weights(0.5), [0, 1], atol=1e-12)
+    np.testing.assert_allclose(scen.weights(0.25), [0.5, 0.5])
+    np.testing.assert_allclose(scen.popularity(1.0), scen.popularity(0.0))
+    assert scen.popularity(0.3).sum(axis=1) == pytest.approx(np.ones(2))

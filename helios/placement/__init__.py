@@ -49,6 +49,10 @@ STRATEGIES: dict[str, Strategy] = {
     # (helios.sim.adaptation.CONTROLLERS) whose `adaptation` section does not change it.
     "helios_dynamic": Strategy(helios_static, params=("ilp",)),
     "eplb_dynamic": Strategy(eplb, params=("eplb",)),
+    "eplb_dynamic_sglang": Strategy(eplb, params=("eplb",)),
+    "eplb_incremental": Strategy(eplb, params=("eplb",)),
+    # A bound, not a strategy (helios.sim.ep.adapters): starts from helios_static's placement.
+    "oracle_static_window": Strategy(helios_static, params=("ilp",)),
 }
 
 

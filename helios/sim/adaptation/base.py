@@ -97,6 +97,8 @@ class AdaptationEngine:
         self.cold = np.zeros((layers, experts), dtype=int)
         self.pending: dict[tuple[int, int], list[Transfer]] = {}
         self.transfers_in_flight = 0
+        self.decisions = 0
+        """Windows in which the engine decided (``adapt_decisions`` in the cells table)."""
         self._peak_in_flight = 0.0
         self.routes = route_table(sim.cluster)
         self.share = np.asarray(sim.workload.source_distribution(), dtype=float)
@@ -113,6 +115,7 @@ class AdaptationEngine:
             self._close_window(w)
             self.observe(w)
             if env.now <= self.sim.end:
+                self.decisions += 1
                 self.act()
 
     def _close_window(self, w: int) -> None:

@@ -29,8 +29,8 @@ Model (how SGLang, vLLM and DeepSeek serve MoE with DP attention + EP MoE):
   (:mod:`helios.sim.kernel`), exactly the link model of ``serving=request``; link
   queues persist across steps. SimPy sees one event per step: a step's tasks are
   resolved inside the kernel, which is exact because nothing else uses the network
-  while a step runs (weight copies of dynamic strategies are not modelled in this
-  serving model yet).
+  while a step runs (weight copies of dynamic strategies run between steps, or, with
+  ``async`` transfers, as messages released at step boundaries; :mod:`helios.sim.ep.migration`).
 
 What it leaves out: scheduler CPU time between steps, CUDA-graph padding, preemption
 (KV is reserved for the whole request at admission), and prefix caching.
@@ -97,7 +97,7 @@ class EpSimulation:
     """
 
     def __init__(self, cluster: Any, cfg: CellConfig, placement: Placement,
-                 workload: Workload) -> None:
+                 workload: Workload, adapter: Any = None) -> None:
         self.env = simpy.Environment()
         self.cluster, self.cfg, self.workload = cluster, cfg, workload
         self.serving, self.sim_cfg = cfg.serving, cfg.sim
@@ -110,6 +110,7 @@ class EpSimulation:
                                    cfg.model.hidden_size * cfg.model.dispatch_bytes,
                                    cfg.model.hidden_size * cfg.model.combine_bytes,
                                    cfg.serving.relay_chunks)
+        self.placement = placement
         self._replica_tables(placement, cfg.strategy.routing)
         kv_tokens = kv_budget_tokens(cfg)
         self.ranks = [RankScheduler(r, cfg.serving.max_running_requests,
@@ -123,6 +124,8 @@ class EpSimulation:
         self.gemm_busy = np.zeros(self.num_gpus)
         """Grouped-GEMM seconds per rank in steps that started in the interval."""
         self.window_expert_pairs = np.zeros((self.layers, self.num_experts))
+        self.step_expert_pairs = np.zeros((self.layers, self.num_experts))
+        """Token-expert pairs the gate drew per (layer, expert) in the last step."""
         self.pairs_dispatched = 0
         self.pairs_computed = 0
         self.network_bytes = 0.0
@@ -139,6 +142,8 @@ class EpSimulation:
         self._idle: simpy.Event | None = None
         self._alias_cache: dict[int, tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]] = {}
         self._next_rank = 0
+        self.adapter = adapter(self) if adapter is not None else None
+        """Runtime adaptation (:mod:`helios.sim.ep.migration`), None for static strategies."""
         self.env.process(self._arrivals())
         self.env.process(self._steps())
         self.env.process(self._sampler(cfg.sim.window_s / 20))
@@ -148,34 +153,43 @@ class EpSimulation:
         """Per layer: the replica each (rank, expert) uses (nearest), or the replica list."""
         G, E = self.num_gpus, self.num_experts
         width = max(len(g) for layer in placement.replicas for g in layer)
+        self.routing = routing
         self.replica_table = np.zeros((self.layers, E, width), dtype=np.int64)
         self.replica_count = np.zeros((self.layers, E), dtype=np.int64)
-        for l, layer in enumerate(placement.replicas):
-            for e, gpus in enumerate(layer):
-                self.replica_table[l, e, :] = gpus[0]
-                self.replica_table[l, e, :len(gpus)] = gpus
-                self.replica_count[l, e] = len(gpus)
-        self.routing = routing
-        if routing == "weighted":
-            shares = placement.share_table()
-            self.share_cum = np.ones((self.layers, E, width))
-            for l, layer in enumerate(shares):
-                for e, share in enumerate(layer):
-                    self.share_cum[l, e, :len(share)] = np.cumsum(share)
+        self.share_cum = np.ones((self.layers, E, width))
+        self.nearest = np.zeros((self.layers, G, E), dtype=np.int64)
         if routing == "nearest":
             # Cost of one token's dispatch under the engine's own (store-and-forward) model.
             nbytes = self.cfg.model.hidden_size * self.cfg.model.dispatch_bytes
             chunk = self.sim_cfg.chunk_kib * 1024
-            lat = np.array([[self.cluster.transfer_time(s, d, nbytes, chunk) for d in range(G)]
-                            for s in range(G)])
-            cand = self.replica_table  # (L, E, R)
-            valid = np.arange(width)[None, None, :] < self.replica_count[:, :, None]
-            # cost[l, s, e, r]; ties go to the lowest GPU id, as the request model's router.
-            cost = lat[:, cand] * 1e6 + cand[None] * 1e-9
+            self._dispatch_s = np.array([[self.cluster.transfer_time(s, d, nbytes, chunk)
+                                          for d in range(G)] for s in range(G)])
+        for l, (layer, shares) in enumerate(zip(placement.replicas, placement.share_table())):
+            self.set_layer(l, layer, shares)
+
+    def set_layer(self, layer: int, replicas: list[list[int]], shares: list[list[float]]) -> None:
+        """Serve ``layer`` from ``replicas`` (per expert, GPU lists) split by ``shares``."""
+        width = max(len(g) for g in replicas)
+        if width > self.replica_table.shape[2]:  # widen the tables, padding as below
+            grow = width - self.replica_table.shape[2]
+            self.replica_table = np.concatenate(
+                [self.replica_table, np.repeat(self.replica_table[:, :, :1], grow, axis=2)], axis=2)
+            self.share_cum = np.concatenate(
+                [self.share_cum, np.ones(self.share_cum.shape[:2] + (grow,))], axis=2)
+        table, cum = self.replica_table[layer], self.share_cum[layer]
+        for e, (gpus, share) in enumerate(zip(replicas, shares)):
+            table[e, :] = gpus[0]
+            table[e, :len(gpus)] = gpus
+            self.replica_count[layer, e] = len(gpus)
+            cum[e, :] = 1.0
+            cum[e, :len(share)] = np.cumsum(share)
+        if self.routing == "nearest":
+            valid = np.arange(table.shape[1])[None, :] < self.replica_count[layer][:, None]
+            # cost[s, e, r]; ties go to the lowest GPU id, as the request model's router.
+            cost = self._dispatch_s[:, table] * 1e6 + table[None] * 1e-9
             cost = np.where(valid[None], cost, np.inf)
-            best = np.argmin(cost, axis=3)  # (G, L, E)
-            self.nearest = np.take_along_axis(cand[None], best[..., None], axis=3)[..., 0]
-            self.nearest = self.nearest.transpose(1, 0, 2).copy()  # (L, G, E)
+            best = np.argmin(cost, axis=2)  # (G, E)
+            self.nearest[layer] = np.take_along_axis(table[None], best[..., None], axis=2)[..., 0]
 
     def _network_state(self) -> None:
         self.window = self.sim_cfg.window_s
@@ -241,6 +255,10 @@ class EpSimulation:
     # ------------------------------------------------------------------ steps
     def _steps(self):
         while self.env.now < self.horizon:
+            if self.adapter is not None:
+                pause = self.adapter.before_step(self.env.now)
+                if pause > 0:  # stop-the-world weight copies
+                    yield self.env.timeout(pause)
             batches = [r.form_batch() for r in self.ranks]
             if not any(b.tokens for b in batches):
                 self._idle = self.env.event()
@@ -250,6 +268,8 @@ class EpSimulation:
             yield self.env.timeout(duration)
             for rank, batch in zip(self.ranks, batches):
                 self.in_system -= len(rank.finish_step(batch, self.env.now))
+            if self.adapter is not None:
+                self.adapter.after_step(self.env.now, self.step_expert_pairs.copy())
 
     def _sampler(self, period: float):
         while True:
@@ -305,6 +325,7 @@ class EpSimulation:
         G, E = self.num_gpus, self.num_experts
         attn, gemm, traffic = [], [], []
         gemm_total = np.zeros(G)
+        self.step_expert_pairs[...] = 0.0
         for tokens, context in self._split(batches):
             attn.append([self.costs.attention(tokens, context)] * self.layers)
             layer_gemm, layer_traffic_ = [], []
@@ -316,7 +337,9 @@ class EpSimulation:
                 gemm_total += secs
                 self.pairs_dispatched += experts.size
                 self.pairs_computed += int(t.pairs.sum())
-                self.window_expert_pairs[l] += np.bincount(experts.ravel(), minlength=E)
+                drawn = np.bincount(experts.ravel(), minlength=E)
+                self.window_expert_pairs[l] += drawn
+                self.step_expert_pairs[l] += drawn
                 if measured:
                     self.pairs_per_gpu[l] += t.pairs
                 cross = self.cluster.gpu_server[:, None] != self.cluster.gpu_server[None, :]
