@@ -348,24 +348,24 @@ def fake_sim(gpu_backlog: dict[int, float], link_backlog: dict[int, float]):
         gpus=SimpleNamespace(backlog=lambda gpu: gpu_backlog.get(gpu, 0.0)))
 
 
-def test_congestion_aware_prefers_an_empty_queue_over_a_nearer_congested_one():
+def test_oracle_congestion_prefers_an_empty_queue_over_a_nearer_congested_one():
     src, near, far = 0, 1, 30  # GPU 1 shares GPU 0's server; GPU 30 is in another pod
     sim = fake_sim({near: 2e-3}, {})
     assert sim.cluster.path_latency(src, near, 4096) < sim.cluster.path_latency(src, far, 4096)
-    router = make_router("congestion_aware", sim)
+    router = make_router("oracle_congestion", sim)
     assert router.choose(0, 0, src, [near, far]) == far
     assert make_router("nearest", sim).choose(0, 0, src, [near, far]) == near
-    idle = make_router("congestion_aware", fake_sim({}, {}))
+    idle = make_router("oracle_congestion", fake_sim({}, {}))
     assert idle.choose(0, 0, src, [far, near]) == near
 
 
-def test_congestion_aware_counts_link_queues_on_the_route():
+def test_oracle_congestion_counts_link_queues_on_the_route():
     src, near, far = 0, 1, 30
     sim = fake_sim({}, {})
     busy_link = sim.cluster.route(src, near)[-1]  # NVSwitch -> GPU 1: not on the way to GPU 30
     assert busy_link not in sim.cluster.route(src, far)
     sim.network.backlog = lambda link: 1e-3 if link == busy_link else 0.0
-    assert make_router("congestion_aware", sim).choose(0, 0, src, [near, far]) == far
+    assert make_router("oracle_congestion", sim).choose(0, 0, src, [near, far]) == far
 
 
 def test_least_loaded_picks_the_shortest_gpu_queue():
@@ -375,7 +375,7 @@ def test_least_loaded_picks_the_shortest_gpu_queue():
 
 
 def test_router_registry():
-    assert {"nearest", "round_robin", "congestion_aware", "least_loaded"} <= set(ROUTERS)
+    assert {"nearest", "round_robin", "oracle_congestion", "least_loaded"} <= set(ROUTERS)
 
 
 # --------------------------------------------------------------------------- recovery

@@ -82,9 +82,9 @@ BAD_INPUTS = [
      "strategy.adaptation.migration_gbyte_s=-3"),
     (["strategy=eplb_dynamic", "strategy.adaptation.migration_gbyte_s=5"],
      "strategy.adaptation.migration_gbyte_s=5.0"),
-    (["*REQUEST", "strategy=eplb_incremental"], "strategy=eplb_incremental"),
-    (["*REQUEST", "strategy=oracle_static_window"], "strategy=oracle_static_window"),
-    (["strategy.routing=congestion_aware"], "strategy.routing=congestion_aware"),
+    (["*REQUEST", "model=tiny", "strategy=eplb_incremental"], "strategy=eplb_incremental"),
+    (["*REQUEST", "model=tiny", "strategy=oracle_static_window"], "strategy=oracle_static_window"),
+    (["strategy.routing=oracle_congestion"], "strategy.routing=oracle_congestion"),
     # experts that do not fit in one cell of a sweep: refused before any cell runs
     (["--multirun", "+sweep=smoke", "strategy=round_robin",
       "gpu.expert_memory_fraction=0.5,0.000001"], "gpu.expert_memory_fraction=1e-06"),

@@ -77,8 +77,12 @@ class WeightedRouter(Router):
         return best
 
 
-class CongestionAwareRouter(Router):
-    """The replica with the lowest estimated time to reach and be served, right now.
+class OracleCongestionRouter(Router):
+    """``oracle_congestion``: the replica with the lowest estimated time to reach and be served, right now.
+
+    An ablation, not a deployable router: it reads the exact, current backlog of every
+    link and GPU queue, which no deployment has, so that the value of that knowledge
+    can be measured.
 
     Estimate for replica ``g``: the unloaded path latency of one token from ``src``
     (:meth:`Cluster.path_latency`), plus the queueing ahead of a chunk entering each
@@ -116,7 +120,7 @@ ROUTERS: dict[str, type[Router]] = {
     "nearest": Router,
     "round_robin": RoundRobinRouter,
     "weighted": WeightedRouter,
-    "congestion_aware": CongestionAwareRouter,
+    "oracle_congestion": OracleCongestionRouter,
     "least_loaded": LeastLoadedRouter,
 }
 
