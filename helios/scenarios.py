@@ -31,6 +31,7 @@ import numpy as np
 
 from helios.config import SCENARIOS, ScenarioConfig, spec
 from helios.errors import ConfigError
+from helios.traces import read_sglang, read_vllm, trace_format
 from helios.workload import SCENARIO_CLASSES, Scenario, zipf_popularity
 
 #: Repository root: relative trace paths not found from the working directory are
@@ -74,9 +75,12 @@ class TraceConfig(ScenarioConfig):
 
     name: str = spec("trace", "scenario name")
     trace_path: str = spec("conf/traces/example_trace.csv",
-                           "CSV or Parquet file with columns window, layer, expert, load")
+                           "CSV or Parquet (window, layer, expert, load), an SGLang expert "
+                           "distribution dump (.npz) or vLLM routed experts (.npy); see helios.traces")
     trace_window_s: float = spec(0.03, "simulated seconds per trace window", gt=0)
     loop: bool = spec(True, "replay the trace from its start when it runs out (else hold the last window)")
+    trace_tokens_per_window: int = spec(
+        4096, "vLLM routed-experts traces (.npy): tokens per trace window", ge=1, le=1 << 30)
 
     def validate(self, cell: Any) -> None:
         """Load the trace and check it against the model and ``sim.layers``.
@@ -86,9 +90,23 @@ class TraceConfig(ScenarioConfig):
         ConfigError
             Naming ``scenario.trace_path`` for a missing, unreadable or malformed file.
         """
-        loads = load_trace(self.trace_path)
+        loads = load_trace(self.trace_path, self.trace_tokens_per_window)
         windows, layers, experts = loads.shape
         key = "scenario.trace_path"
+        fmt = trace_format(self.trace_path)
+        if fmt in ("sglang", "vllm") and layers != cell.model.num_moe_layers:
+            raise ConfigError(key, self.trace_path,
+                              f"a {fmt} trace of model.num_moe_layers ({cell.model.num_moe_layers}) "
+                              f"MoE layers; it has {layers}")
+        if fmt == "vllm":
+            top_k = _vllm_top_k(self.trace_path)
+            if top_k != cell.model.top_k:
+                raise ConfigError(key, self.trace_path, f"vLLM routed experts with model.top_k "
+                                  f"({cell.model.top_k}) experts per token; it has {top_k}")
+        if fmt == "sglang" and experts != cell.model.num_experts:
+            raise ConfigError(key, self.trace_path,
+                              f"an SGLang dump of model.num_experts ({cell.model.num_experts}) "
+                              f"logical experts; it has {experts}")
         if experts > cell.model.num_experts:
             raise ConfigError(key, self.trace_path,
                               f"a trace with expert ids < model.num_experts ({cell.model.num_experts}); "
@@ -194,7 +212,7 @@ class TraceReplay(Scenario):
     def __init__(self, cfg: TraceConfig, num_experts: int, layers: int,
                  rng: np.random.Generator) -> None:
         super().__init__(cfg, num_experts, layers, rng)
-        loads = load_trace(cfg.trace_path)
+        loads = load_trace(cfg.trace_path, cfg.trace_tokens_per_window)
         if loads.shape[1] < layers or loads.shape[2] > num_experts:
             raise ConfigError("scenario.trace_path", cfg.trace_path,
                               f"a trace of at least {layers} layers and at most {num_experts} experts")
@@ -217,6 +235,11 @@ class TraceReplay(Scenario):
 
 
 # --------------------------------------------------------------------------- trace files
+def _vllm_top_k(path: str) -> int:
+    """Experts per token of a vLLM routed-experts array (its last dimension)."""
+    return int(np.load(resolve_trace_path(path), mmap_mode="r", allow_pickle=False).shape[-1])
+
+
 def resolve_trace_path(path: str) -> Path:
     """The file a ``trace_path`` names: absolute, else from the working directory, else
     from the repository root."""
@@ -226,10 +249,12 @@ def resolve_trace_path(path: str) -> Path:
     return REPO_ROOT / p
 
 
-def load_trace(path: str) -> np.ndarray:
+def load_trace(path: str, tokens_per_window: int = 4096) -> np.ndarray:
     """Read a trace file into a dense array of shape (windows, layers, experts).
 
-    The file is CSV (``.csv``) or Parquet (``.parquet``, ``.pq``) with integer columns
+    ``.npz`` (SGLang's recorder) and ``.npy`` (vLLM's routed experts, windows of
+    ``tokens_per_window`` tokens) are read by :mod:`helios.traces`. Otherwise the file
+    is CSV (``.csv``) or Parquet (``.parquet``, ``.pq``) with integer columns
     ``window``, ``layer``, ``expert`` (all >= 0) and a finite, non-negative ``load``;
     other columns are ignored. Windows must be numbered ``0..W-1`` without gaps;
     missing (window, layer, expert) rows mean zero load; a repeated triple is an error.
@@ -246,23 +271,40 @@ def load_trace(path: str) -> np.ndarray:
         stat = resolved.stat()
     except OSError as exc:
         raise ConfigError("scenario.trace_path", path,
-                          f"an existing CSV or Parquet file ({exc.strerror or exc})") from None
-    return _load_trace_cached(str(resolved), path, stat.st_size, stat.st_mtime_ns)
+                          f"an existing trace file ({exc.strerror or exc})") from None
+    if not resolved.is_file():
+        raise ConfigError("scenario.trace_path", path, "a regular file")
+    return _load_trace_cached(str(resolved), path, stat.st_size, stat.st_mtime_ns,
+                              tokens_per_window)
 
 
 @functools.lru_cache(maxsize=8)
-def _load_trace_cached(resolved: str, path: str, size: int, mtime_ns: int) -> np.ndarray:
+def _load_trace_cached(resolved: str, path: str, size: int, mtime_ns: int,
+                       tokens_per_window: int) -> np.ndarray:
     import pandas as pd
 
     key = "scenario.trace_path"
     suffix = Path(resolved).suffix.lower()
+    fmt = trace_format(resolved)
+    if fmt in ("sglang", "vllm"):
+        loads = (read_sglang(path, resolved) if fmt == "sglang"
+                 else read_vllm(path, resolved, tokens_per_window))
+        if loads.size == 0 or loads.shape[1] == 0:
+            raise ConfigError(key, path, "a trace with at least one window and layer of counts")
+        loads = loads.astype(float)
+        loads.setflags(write=False)
+        return loads
+    if suffix == ".pt":
+        raise ConfigError(key, path, "a NumPy copy of SGLang's torch.save dump (.npz, see "
+                          "helios.traces: Helios does not unpickle files)")
     try:
         if suffix == ".csv":
             frame = pd.read_csv(resolved)
         elif suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(resolved)
         else:
-            raise ConfigError(key, path, "a file ending in .csv, .parquet or .pq")
+            raise ConfigError(key, path, "a file ending in .csv, .parquet, .pq, .npz (SGLang) "
+                              "or .npy (vLLM)")
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - any reader failure means an unreadable file

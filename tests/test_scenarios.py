@@ -171,7 +171,7 @@ def test_malformed_traces_fail_at_config_time(tmp_path):
     assert "model.num_experts" in _bad(tmp_path, tiny_trace(experts=20))
     assert "sim.layers" in _bad(tmp_path, tiny_trace(layers=1))
     (tmp_path / "t.json").write_text("{}")
-    with pytest.raises(ConfigError, match=r"scenario.trace_path=.*\.csv, \.parquet or \.pq"):
+    with pytest.raises(ConfigError, match=r"scenario.trace_path=.*\.csv, \.parquet, \.pq, \.npz"):
         config("scenario=trace", f"scenario.trace_path={tmp_path / 't.json'}")
     (tmp_path / "garbage.parquet").write_bytes(b"not parquet")
     with pytest.raises(ConfigError, match="readable"):
@@ -201,3 +201,70 @@ def test_periodic_weights_oscillate_with_the_period():
     np.testing.assert_allclose(scen.weights(0.25), [0.5, 0.5])
     np.testing.assert_allclose(scen.popularity(1.0), scen.popularity(0.0))
     assert scen.popularity(0.3).sum(axis=1) == pytest.approx(np.ones(2))
+
+
+ENGINE_TRACES = {
+    "sglang_stat": "conf/traces/example_sglang_stat.npz",
+    "sglang_per_pass": "conf/traces/example_sglang_per_pass.npz",
+    "vllm": "conf/traces/example_vllm_routed_experts.npy",
+}
+
+
+def test_engine_trace_examples_read_to_the_loads_they_were_made_from():
+    """The shipped examples hold one synthetic trace in three formats: SGLang's stat and
+    per_pass dumps (dense layer rows dropped, per-rank records summed, physical slots
+    folded onto logical experts) must give the same loads; vLLM's routed experts count
+    256 tokens x top-2 per window and layer."""
+    stat = load_trace(ENGINE_TRACES["sglang_stat"])
+    per_pass = load_trace(ENGINE_TRACES["sglang_per_pass"])
+    vllm = load_trace(ENGINE_TRACES["vllm"], tokens_per_window=256)
+    assert stat.shape == per_pass.shape == vllm.shape == (6, 4, 16)
+    np.testing.assert_array_equal(stat, per_pass)
+    np.testing.assert_array_equal(vllm.sum(axis=2), np.full((6, 4), 512))
+    raw = np.load(REPO_ROOT / ENGINE_TRACES["vllm"])
+    np.testing.assert_array_equal(vllm[0, 2], np.bincount(raw[:256, 2].ravel(), minlength=16))
+
+
+@pytest.mark.parametrize("name", sorted(ENGINE_TRACES))
+def test_an_engine_trace_drives_a_cell(name, tmp_path):
+    from helios.cell import run_cell
+
+    from tests._configs import TINY_EP, config
+
+    cfg = config("scenario=trace", f"scenario.trace_path={ENGINE_TRACES[name]}",
+                 "scenario.trace_tokens_per_window=256", "sim.duration_s=0.2", "sim.warmup_s=0.05",
+                 f"output_dir={tmp_path}", base=TINY_EP)
+    row = run_cell(cfg, cache=False).tables["cells"][0]
+    assert row["output_tok_s"] > 0
+
+
+def _bad_trace(tmp_path, name, **arrays):
+    path = tmp_path / name
+    if name.endswith(".npz"):
+        np.savez(path, **arrays)
+    else:
+        np.save(path, arrays["ids"])
+    return str(path)
+
+
+@pytest.mark.parametrize("make,why", [
+    (lambda p: _bad_trace(p, "neg.npz", logical_count=-np.ones((2, 4, 16), dtype=np.int32)), "integers >= 0"),
+    (lambda p: _bad_trace(p, "half.npz", logical_count=np.full((2, 4, 16), 0.5)), "integers >= 0"),
+    (lambda p: _bad_trace(p, "layers.npz", logical_count=np.ones((2, 3, 16), dtype=np.int32)),
+     "model.num_moe_layers (4)"),
+    (lambda p: _bad_trace(p, "experts.npz", logical_count=np.ones((2, 4, 12), dtype=np.int32)),
+     "model.num_experts (16)"),
+    (lambda p: _bad_trace(p, "topk.npy", ids=np.zeros((8, 4, 3), dtype=np.int16) + np.arange(3)),
+     "model.top_k (2)"),
+    (lambda p: _bad_trace(p, "vlayers.npy", ids=np.zeros((8, 5, 2), dtype=np.int16) + np.arange(2)),
+     "model.num_moe_layers (4)"),
+    (lambda p: _bad_trace(p, "huge.npy", ids=np.full((1, 4, 2), 2**31 - 1, dtype=np.int32)), "expert ids <"),
+    (lambda p: _bad_trace(p, "keys.npz", other=np.ones(3)), "logical_count (stat)"),
+    (lambda p: str(p), "a regular file"),
+    (lambda p: (p / "dump.pt").write_bytes(b"PK\x03\x04") and str(p / "dump.pt"), "does not unpickle"),
+])
+def test_bad_engine_traces_are_one_line_errors(make, why, tmp_path):
+    path = make(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        cell_config(compose(["model=tiny", "scenario=trace", f"scenario.trace_path={path}"]))
+    assert err.value.key == "scenario.trace_path" and why in err.value.one_line()
