@@ -146,7 +146,8 @@ def run_cell(cfg: CellConfig | Mapping[str, Any], cache: Any = None) -> CellResu
         extra = {"chunk_hops": sim.chunk_hops, "kernel_s": sim.kernel_s}
     else:
         sim = Simulation(cluster, spec, placement, workload, cfg.sim, routing=cfg.strategy.routing,
-                         controller=make_controller(cfg)).run()
+                         controller=make_controller(cfg),
+                         telemetry_delay_s=cfg.telemetry.delay_s).run()
         metrics, windows, records = cell_metrics(sim), window_records(sim), sim.records
         replica_stats = (sim.replicas_added, sim.replicas_evicted, sim.replication_bytes)
         engine = getattr(sim, "adaptation_engine", None)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from _configs import config
-from helios.cell import prepare, run_cell
+from helios.cell import obtain_placement, prepare, run_cell
 from helios.placement import place
 from helios.sim.adaptation import HeliosEngine, make_controller
 from helios.sim.engine import Simulation
@@ -422,3 +422,25 @@ def test_sudden_shift_helios_dynamic_recovers_faster_than_helios_static():
     rec_dynamic = recovery_windows(dynamic, shift, reference)
     assert rec_dynamic <= settle and rec_dynamic < rec_static
     assert dynamic[shift + settle:].mean() < static[shift + settle:].mean()
+
+
+def test_congestion_aware_sees_only_delayed_window_telemetry():
+    """The telemetry router ranks replicas by the busy fractions of the newest window
+    that is telemetry.delay_s old; a queue that builds up now is invisible to it, while
+    the oracle sees it at once."""
+    cfg = config("strategy.routing=congestion_aware")
+    cluster, spec, workload, ctx = prepare(cfg)
+    placement, _ = obtain_placement(ctx, None)
+    sim = Simulation(cluster, spec, placement, workload, cfg.sim, routing="congestion_aware")
+    router, oracle = sim.router, make_router("oracle_congestion", sim)
+    src, near, far = 0, 1, 5  # GPU 1 shares GPU 0's server; GPU 5 is on the other one
+    window = cfg.sim.window_s
+    sim.env.run(until=2.5 * window)  # telemetry of window 0 is visible now (delay: one window)
+    assert sim.telemetry_window(sim.env.now) == 0
+    assert router.choose(0, 0, src, [near, far]) == near
+    sim.gpus.submit(near, 10 * window, 1, lambda: None)  # a long job queued on `near` now
+    assert oracle.choose(0, 0, src, [near, far]) == far
+    assert router.choose(0, 0, src, [near, far]) == near  # not seen yet
+    sim.gpu_meter.busy_windows[0][near] = window  # what window 0 recorded, had it been busy
+    router._seen = -2  # forget the cached sample
+    assert router.choose(0, 0, src, [near, far]) == far

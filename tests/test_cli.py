@@ -85,6 +85,7 @@ BAD_INPUTS = [
     (["*REQUEST", "model=tiny", "strategy=eplb_incremental"], "strategy=eplb_incremental"),
     (["*REQUEST", "model=tiny", "strategy=oracle_static_window"], "strategy=oracle_static_window"),
     (["strategy.routing=oracle_congestion"], "strategy.routing=oracle_congestion"),
+    (["strategy.routing=congestion_aware"], "strategy.routing=congestion_aware"),
     # experts that do not fit in one cell of a sweep: refused before any cell runs
     (["--multirun", "+sweep=smoke", "strategy=round_robin",
       "gpu.expert_memory_fraction=0.5,0.000001"], "gpu.expert_memory_fraction=1e-06"),

@@ -22,6 +22,8 @@ latency.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -100,12 +102,17 @@ class Simulation:
     controller : callable, optional
         ``controller(sim)`` returns a generator run as a SimPy process (the runtime
         adaptation engine), or ``None``.
+    telemetry_delay_s : float, optional
+        Age of the telemetry (``telemetry.delay_s``; None: one ``sim_cfg.window_s``).
     """
 
     def __init__(self, cluster: Any, spec: ModelSpec, placement: Placement, workload: Workload,
                  sim_cfg: Any, routing: str = "nearest",
-                 controller: Callable[["Simulation"], Any] | None = None) -> None:
+                 controller: Callable[["Simulation"], Any] | None = None,
+                 telemetry_delay_s: float | None = None) -> None:
         self.env = simpy.Environment()
+        self.telemetry_delay_s = sim_cfg.window_s if telemetry_delay_s is None else telemetry_delay_s
+        """Age of the link and GPU telemetry routers and engines see (``telemetry.delay_s``)."""
         self.cluster, self.spec, self.workload, self.cfg = cluster, spec, workload, sim_cfg
         self.num_gpus, self.layers = cluster.num_gpus, len(placement.replicas)
         self.start, self.end = sim_cfg.warmup_s, sim_cfg.duration_s
@@ -247,6 +254,11 @@ class Simulation:
         self._last_change = now
 
     # ------------------------------------------------------------------ run
+    def telemetry_window(self, now: float) -> int:
+        """Newest metering window whose telemetry is visible at ``now`` (-1: none yet):
+        the last window that ended ``telemetry_delay_s`` or more before ``now``."""
+        return int(math.floor((now - self.telemetry_delay_s) / self.cfg.window_s + 1e-9)) - 1
+
     def run(self) -> "Simulation":
         """Run to the horizon; returns ``self`` for chaining."""
         self.env.run(until=self.horizon)

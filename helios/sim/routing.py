@@ -11,6 +11,9 @@ from typing import Any
 
 from helios.errors import ConfigError
 
+#: Utilisations are capped here in the M/M/1 inflation ``rho / (1 - rho)``.
+RHO_MAX = 0.95
+
 
 class Router:
     """Base router: ``nearest`` — the replica with the lowest no-load path latency.
@@ -106,8 +109,59 @@ class OracleCongestionRouter(Router):
         return best
 
 
+class CongestionAwareRouter(Router):
+    """``congestion_aware``: the replica with the lowest expected delay by sampled telemetry.
+
+    What a deployment can measure: each link's and GPU's busy fraction ``rho`` over the
+    newest metering window old enough to be seen (:meth:`Simulation.telemetry_window`:
+    ``telemetry.delay_s``, default one window, after it ended), capped at
+    :data:`RHO_MAX`. Estimate for replica ``g``: the unloaded path latency of one token
+    from ``src``, plus for every link of the dispatch and the combine route the M/M/1
+    mean wait ``rho / (1 - rho)`` chunks' serialisation, plus the GPU's ``rho / (1 - rho)``
+    times one expert's weight read and launch (a typical job). Ties go to the lowest id.
+    """
+
+    def __init__(self, sim: Any) -> None:
+        super().__init__(sim)
+        self._seen = -2
+        self._link_wait: list[float] = []
+        self._gpu_wait: list[float] = []
+
+    def _refresh(self) -> None:
+        sim = self.sim
+        w = sim.telemetry_window(sim.env.now)
+        if w == self._seen:
+            return
+        self._seen = w
+        window, cl = sim.cfg.window_s, sim.cluster
+        links = sim.link_meter.busy_windows[w] if w >= 0 else [0.0] * cl.num_links
+        gpus = sim.gpu_meter.busy_windows[w] if w >= 0 else [0.0] * cl.num_gpus
+        chunk = sim.network.chunk
+        job = sim.spec.weight_read_seconds + sim.spec.kernel_overhead_s
+        inflate = lambda busy: min(busy / window, RHO_MAX) / (1.0 - min(busy / window, RHO_MAX))  # noqa: E731
+        self._link_wait = [inflate(b) * chunk / bw for b, bw in zip(links, cl.link_bandwidth.tolist())]
+        self._gpu_wait = [inflate(b) * job for b in gpus]
+
+    def choose(self, layer: int, expert: int, src: int, replicas: Sequence[int]) -> int:
+        self._refresh()
+        sim = self.sim
+        nbytes = sim.spec.dispatch_token_bytes
+        route, wait = sim.cluster.route, self._link_wait
+        best, best_cost = -1, float("inf")
+        for g in sorted(replicas):
+            cost = (sim.cluster.path_latency(src, g, nbytes) + self._gpu_wait[g]
+                    + sum(wait[link] for link in route(src, g))
+                    + sum(wait[link] for link in route(g, src)))
+            if cost < best_cost:
+                best, best_cost = g, cost
+        return best
+
+
 class LeastLoadedRouter(Router):
-    """The replica whose GPU has the least queued compute; ties: nearest, then lowest id."""
+    """The replica whose GPU has the least queued compute; ties: nearest, then lowest id.
+
+    Reads the exact, current GPU queues (like ``oracle_congestion``): an ablation.
+    """
 
     def choose(self, layer: int, expert: int, src: int, replicas: Sequence[int]) -> int:
         sim = self.sim
@@ -120,6 +174,7 @@ ROUTERS: dict[str, type[Router]] = {
     "nearest": Router,
     "round_robin": RoundRobinRouter,
     "weighted": WeightedRouter,
+    "congestion_aware": CongestionAwareRouter,
     "oracle_congestion": OracleCongestionRouter,
     "least_loaded": LeastLoadedRouter,
 }

@@ -3,7 +3,8 @@
 **Monitoring** (every window, :meth:`AdaptationEngine.observe`): the token-expert
 pairs each (layer, expert) received in the window (``sim.window_expert_pairs``, read
 and reset), as pairs/s; each GPU's busy fraction and each link's utilisation in the
-window (the meters' busy time / window). All three are smoothed by an EWMA of weight
+newest window whose telemetry is ``telemetry.delay_s`` old (default one window: at the
+end of window ``w``, window ``w - 1``; the meters' busy time / window). All three are smoothed by an EWMA of weight
 ``ewma_alpha`` on the newest window. The engine acts only while requests arrive
 (``t <= sim.duration_s``): during the drain nothing is left to adapt to.
 
@@ -129,8 +130,12 @@ class AdaptationEngine:
         sim, a = self.sim, self.cfg.ewma_alpha
         rate = sim.window_expert_pairs / self.window
         sim.window_expert_pairs[...] = 0.0
-        gpu = np.asarray(sim.gpu_meter.busy_windows[w]) / self.window
-        link = np.asarray(sim.link_meter.busy_windows[w]) / self.window
+        seen = sim.telemetry_window(sim.env.now)  # telemetry.delay_s old, not window w itself
+        if seen < 0:
+            gpu, link = np.zeros(sim.num_gpus), np.zeros(sim.cluster.num_links)
+        else:
+            gpu = np.asarray(sim.gpu_meter.busy_windows[seen]) / self.window
+            link = np.asarray(sim.link_meter.busy_windows[seen]) / self.window
         if self.ewma is None:
             self.ewma, self.gpu_util, self.link_util = rate, gpu, link
         else:
