@@ -35,6 +35,8 @@ Method (also written into every report):
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +87,9 @@ class Analysis:
     summary: pd.DataFrame
     comparison: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    regret: pd.DataFrame | None = None
+    """Paired change of every strategy against a bound (``regret_of``), or None."""
+    regret_of: str | None = None
 
 
 # ----------------------------------------------------------------------------- loading
@@ -314,7 +319,7 @@ def _verdict(metric: str, diff: float, significant: object) -> str:
 
 def analyse(cells: pd.DataFrame | Path | str, baseline: str | None = None, metrics: Sequence[str] | None = None,
             group_by: Sequence[str] | None = None, ci: str = "t", test: str = "t", confidence: float = 0.95,
-            alpha: float = 0.05, seed: int = 0) -> Analysis:
+            alpha: float = 0.05, seed: int = 0, regret: str | None = None) -> Analysis:
     """Summary and comparison tables of a sweep (a ``cells`` DataFrame or a sweep folder).
 
     Parameters
@@ -331,6 +336,9 @@ def analyse(cells: pd.DataFrame | Path | str, baseline: str | None = None, metri
         Paired t-test or Wilcoxon signed-rank test vs the baseline, two-sided.
     confidence, alpha : float
         CI level and family-wise error rate for Holm's procedure (per metric).
+    regret : str, optional
+        A bound (e.g. ``oracle_static_window``): every strategy's paired change against it
+        as well (its own Holm family per metric).
 
     Raises
     ------
@@ -345,8 +353,13 @@ def analyse(cells: pd.DataFrame | Path | str, baseline: str | None = None, metri
     narrow = cells[list(dict.fromkeys([*settings.group_by, "strategy", "seed", *settings.metrics]))]
     summary = summarize(narrow, settings)
     comparison = compare(narrow, settings)
-    return Analysis(settings=settings, summary=summary, comparison=comparison, notes=_notes(summary, comparison,
-                                                                                            settings))
+    regret_table = None
+    if regret is not None:
+        bound = choose_baseline(cells["strategy"].tolist(), regret)
+        regret_table = compare(narrow, dataclasses.replace(settings, baseline=bound))
+    return Analysis(settings=settings, summary=summary, comparison=comparison,
+                    notes=_notes(summary, comparison, settings), regret=regret_table,
+                    regret_of=regret)
 
 
 def _notes(summary: pd.DataFrame, comparison: pd.DataFrame, settings: Settings) -> list[str]:
@@ -375,4 +388,11 @@ def joined(analysis: Analysis, metric: str) -> pd.DataFrame:
     c = c[c["metric"] == metric].drop(columns=["metric"])
     on = [*analysis.settings.group_by, "strategy"]
     c = c.rename(columns={"note": "compare_note"})
-    return s.merge(c, on=on, how="left").reset_index(drop=True)
+    out = s.merge(c, on=on, how="left")
+    if analysis.regret is not None and not analysis.regret.empty:
+        r = analysis.regret[analysis.regret["metric"] == metric]
+        r = r[[*on, "change_pct", "change_ci_low", "change_ci_high", "p_holm"]].rename(columns={
+            "change_pct": "regret_pct", "change_ci_low": "regret_ci_low",
+            "change_ci_high": "regret_ci_high", "p_holm": "regret_p_holm"})
+        out = out.merge(r, on=on, how="left")
+    return out.reset_index(drop=True)

@@ -41,6 +41,7 @@ TITLES = {
     "tpot_p99_ms": "P99 time per output token (ms)", "ttft_p99_ms": "P99 time to first token (ms)",
     "output_tok_s": "output throughput (tokens/s)", "step_ms_mean": "mean step time (ms)",
     "balancedness": "balancedness (mean/max tokens per GPU)",
+    "tpot_p50_ms": "P50 time per output token (ms)", "migration_pause_s": "serving paused for copies (s)",
 }
 _TEST_NAMES = {"t": "paired t-test (scipy.stats.ttest_rel)",
                "wilcoxon": "Wilcoxon signed-rank test (scipy.stats.wilcoxon, exact for small n)"}
@@ -79,8 +80,10 @@ def markdown_table(analysis: Analysis, metric: str) -> str:
     s = analysis.settings
     data = joined(analysis, metric)
     conf = f"{s.confidence * 100:g}%"
+    regret = analysis.regret_of if analysis.regret is not None else None
     head = [*s.group_by, "strategy", "n", "mean", f"{conf} CI", f"Δ vs {s.baseline}", f"Δ {conf} CI",
-            "p", "p (Holm)", "verdict", "note"]
+            "p", "p (Holm)", "verdict", *([f"regret vs {regret} ({conf} CI; p Holm)"] if regret else []),
+            "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in data.to_dict("records"):
         ci = f"[{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]" if np.isfinite(row["ci_low"]) else "—"
@@ -98,8 +101,18 @@ def markdown_table(analysis: Analysis, metric: str) -> str:
                 delta = f"{'+' if row['mean_diff'] > 0 else ''}{_fmt(row['mean_diff'])} (absolute)"
             change = [delta, dci, _fmt(row["p_value"]), _fmt(row["p_holm"]), verdict]
             notes.append(row.get("compare_note") or "")
+        extra = []
+        if regret:
+            if row["strategy"] == regret:
+                extra = ["bound"]
+            elif pd.isna(row.get("regret_pct")):
+                extra = ["—"]
+            else:
+                lo, hi = row["regret_ci_low"], row["regret_ci_high"]
+                rci = f" [{_pct(lo)}, {_pct(hi)}]" if np.isfinite(lo) else ""
+                extra = [f"{_pct(row['regret_pct'])}{rci}; {_fmt(row['regret_p_holm'])}"]
         cells = [*(key_text(row[k]) for k in s.group_by), row["strategy"], str(row["n"]), _fmt(row["mean"]), ci,
-                 *change, "; ".join(dict.fromkeys(n for n in notes if n))]
+                 *change, *extra, "; ".join(dict.fromkeys(n for n in notes if n))]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)
 
@@ -173,10 +186,10 @@ def make_figures(analysis: Analysis, cells: pd.DataFrame, sweep_dir: Path, fig_d
     s = analysis.settings
     ts, events, requests = (_optional(sweep_dir, t) for t in ("timeseries", "events", "requests"))
     out = []
-    if "p99_ms" in s.metrics:
-        out.append(("P99 latency per strategy, mean and CI over seeds",
-                    plots.p99_bars(analysis.summary, s.group_by, fig_dir / "p99_bars.png",
-                                   ci_label=f"{s.confidence * 100:g}% CI ({'Student t' if s.ci == 't' else 'bootstrap'})")))
+    bar_metric = "p99_ms" if "p99_ms" in s.metrics else s.metrics[0]
+    out.append((f"{TITLES.get(bar_metric, bar_metric)} per strategy, mean and CI over seeds",
+                plots.p99_bars(analysis.summary, s.group_by, fig_dir / "p99_bars.png", metric=bar_metric,
+                               ci_label=f"{s.confidence * 100:g}% CI ({'Student t' if s.ci == 't' else 'bootstrap'})")))
     out.append(("Latency CDF per strategy", plots.latency_cdf(cells, requests, s.group_by,
                                                               fig_dir / "latency_cdf.png")))
     if "max_link_util" in cells.columns:
@@ -194,7 +207,7 @@ def make_figures(analysis: Analysis, cells: pd.DataFrame, sweep_dir: Path, fig_d
 
 def build(sweep_dir: Path | str, baseline: str | None = None, metrics: Sequence[str] | None = None,
           group_by: Sequence[str] | None = None, out: Path | str | None = None, ci: str = "t", test: str = "t",
-          figures: bool = True, write: bool = True) -> Report:
+          figures: bool = True, write: bool = True, regret: str | None = None) -> Report:
     """Analyse a sweep folder and write ``report.md`` and figures into ``out`` (default: the folder).
 
     Raises
@@ -204,7 +217,7 @@ def build(sweep_dir: Path | str, baseline: str | None = None, metrics: Sequence[
     """
     sweep_dir = Path(sweep_dir)
     cells = load_cells(sweep_dir)
-    analysis = analyse(cells, baseline, metrics, group_by, ci=ci, test=test)
+    analysis = analyse(cells, baseline, metrics, group_by, ci=ci, test=test, regret=regret)
     out_dir = sweep_dir if out is None else Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError("out", str(out_dir), "a folder (this path is a file)")
@@ -257,6 +270,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ci", default="t", help="t (Student t, default) or bootstrap")
     p.add_argument("--test", default="t", help="t (paired t-test, default) or wilcoxon")
     p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.add_argument("--regret", help="a bound (e.g. oracle_static_window): every strategy's change against it too")
     return p
 
 
@@ -276,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cli.argv = argv  # type: ignore[attr-defined]
         args = cli.parse_args(argv)
         report = build(args.sweep_dir, args.baseline, _split(args.metrics), _split(args.group_by), args.out,
-                       ci=args.ci, test=args.test, figures=not args.no_figures)
+                       ci=args.ci, test=args.test, figures=not args.no_figures, regret=args.regret)
     except ConfigError as err:
         print(err.one_line(), file=sys.stderr)
         return 2

@@ -336,3 +336,20 @@ def test_a_second_report_removes_the_figures_of_the_first_it_does_not_draw_again
               for line in (out / "report.md").read_text().splitlines() if line.startswith("![")}
     assert second == listed | {"notes.txt"}  # the old group's time series is gone, the rest kept
     assert "timeseries_fat_tree.png" in second and "timeseries_fat_tree_tiny_stationary.png" not in second
+
+
+def test_regret_is_the_paired_change_against_the_bound_next_to_the_baselines(synthetic: Path) -> None:
+    result = analyse(synthetic, metrics=["p99_ms"], regret="greedy")
+    assert result.regret_of == "greedy"
+    for topology, shift in (("fat_tree", 0.0), ("dragonfly", 5.0)):
+        bound = VALUES["greedy"] + shift
+        x = VALUES["helios"] + shift
+        row = _select(result.regret, topology=topology, scenario="stationary", strategy="helios",
+                      metric="p99_ms")
+        assert row["baseline"] == "greedy"
+        assert row["change_pct"] == pytest.approx(100 * (x.mean() - bound.mean()) / bound.mean())
+        assert row["p_value"] == pytest.approx(stats.ttest_rel(x, bound).pvalue)
+    table = markdown_table(result, "p99_ms")
+    assert "regret vs greedy" in table.splitlines()[0] and "| bound |" in table
+    with pytest.raises(ConfigError):
+        analyse(synthetic, regret="nope")

@@ -5,9 +5,11 @@
   its own id, as both engines lay physical experts out (vLLM
   ``rearrange_expert_weights_inplace``, SGLang ``update_expert_location``). Skipped while
   the window's balancedness exceeds ``utilization_threshold``.
-* ``eplb_incremental``: the same EPLB plan (same per-GPU loads, hence balance), its
-  packs assigned to the GPUs that already hold most of them
-  (:func:`helios.placement.incremental.relabel_min_moves`).
+* ``eplb_incremental``: EPLB's copy counts and balance (its busiest GPU's load, even
+  split) reached from the current placement with few copies
+  (:func:`helios.placement.incremental.repair_min_moves`); under the hierarchical
+  policy, EPLB's plan with its packs assigned to the GPUs that already hold most of
+  them (:func:`~helios.placement.incremental.relabel_min_moves`, per server).
 * ``helios_dynamic``: moves by the load-aware step cost of ``helios_static``
   (:class:`helios.placement.ep_layer.EpLayer`) on the window's counts. A move copies a
   hot expert (largest count per copy) once: onto a light GPU as an extra copy (within
@@ -33,7 +35,7 @@ import numpy as np
 
 from helios.placement import get_strategy
 from helios.placement.ilp import _normalised, layer_models, solve_placement
-from helios.placement.incremental import held_matrix, relabel_min_moves
+from helios.placement.incremental import held_matrix, relabel_min_moves, repair_min_moves
 from helios.sim.ep.migration import EpAdapter, LayerChange
 
 #: Candidates per move search: hottest experts x (least-loaded GPUs, coldest redundant copies).
@@ -69,10 +71,13 @@ class EplbAdapter(EpAdapter):
         target = self._place(dataclasses.replace(self.ctx, expected_load=counts.astype(float)))
         changes = []
         for layer, replicas in enumerate(target.replicas):
-            if self.relabel:
-                gps = self.sim.cluster.gpus_per_server if self._hierarchical else None
+            if self.relabel and self._hierarchical:
+                gps = self.sim.cluster.gpus_per_server
                 perm = relabel_min_moves(self.replicas[layer], replicas, G, gps)
                 replicas = [[int(perm[g]) for g in gpus] for gpus in replicas]
+            elif self.relabel:
+                slots = target.info["eplb_num_replicas"] // G
+                replicas = repair_min_moves(self.replicas[layer], replicas, counts[layer], G, slots)
             changes.append(self.change(layer, replicas, None))
         return changes
 
