@@ -209,3 +209,28 @@ def test_helios_dynamic_beats_static_under_drift_and_the_oracle_bounds_both(topo
             tpot[strategy] = run_cell(cfg, cache=False).tables["cells"][0]["tpot_p99_ms"]
         assert tpot["helios_dynamic"] < 0.97 * tpot["helios_static"], (seed, tpot)
         assert tpot["oracle_static_window"] <= 1.02 * min(tpot.values()), (seed, tpot)
+
+
+def test_sglang_chunks_apply_one_chunk_of_layers_per_step_boundary():
+    cfg = config(*_adaptive("eplb_dynamic_sglang", "scenario.rate=900",
+                            "++strategy.adaptation.layers_per_chunk=1"), base=DRIFT_DSV3)
+    cluster, spec, workload, ctx = prepare(cfg)
+    placement, _ = obtain_placement(ctx, None)
+    sim = EpSimulation(cluster, cfg, placement, workload,
+                       lambda s: EP_ADAPTERS[cfg.strategy.name](s, cfg, ctx)).run()
+    ready = [e for e in sim.adapter.events if e["action"] == "replica_ready"]
+    first = min(e["time_s"] for e in ready)
+    batch = [e for e in ready if e["time_s"] < first + 1e-3]
+    # the first rebalance's chunks: layer 0's copies arrive at one step boundary, layer 1's at a later one
+    by_layer = {layer: min(e["time_s"] for e in ready if e["layer"] == layer) for layer in (0, 1)}
+    assert {e["layer"] for e in batch} == {0} and by_layer[1] > by_layer[0]
+    assert sim.adapter.pause_s > 0
+
+
+def test_a_balanced_window_skips_the_rebalance_below_the_utilisation_threshold():
+    cfg = config(*_adaptive("eplb_dynamic_sglang", "scenario.rate=900",
+                            "++strategy.adaptation.utilization_threshold=0.05"), base=DRIFT_DSV3)
+    row = run_cell(cfg, cache=False).tables
+    actions = {e["action"] for e in row["events"]}
+    assert "rebalance_skipped" in actions and "transfer_start" not in actions
+    assert row["cells"][0]["replication_bytes"] == 0
