@@ -29,9 +29,9 @@ and the link meters count them).
   the last boundary) bytes of the copies not yet sent, oldest first, as messages
   starting at the boundary (so the bytes released by time ``t`` never exceed
   ``B x (t - t0)``, ``t0`` when copying started, with no banking of unused budget while
-  nothing waits). A layer switches at the first boundary after all its copies arrived.
-  A replica a change drops stops serving when the change is decided (its memory takes
-  the incoming weights); every expert keeps at least one serving copy throughout.
+  nothing waits). A layer switches at the first boundary after all its copies arrived;
+  until then it serves from its old placement (the copies land in a staging buffer, as
+  vLLM's asynchronous EPLB does).
 
 Staging buffers for the incoming weights are not counted against expert memory.
 
@@ -166,7 +166,6 @@ class EpAdapter:
             return
         if self.cfg.transfer == "async":
             for change in changes:
-                self._drop_leaving(now, change)
                 self.waiting.append(change)
                 for copy in change.copies:
                     self._event(now, "transfer_start", change.layer, copy.expert, copy.src,
@@ -245,35 +244,16 @@ class EpAdapter:
             self.waiting.remove(change)
             self._install(max((c.arrive_s for c in change.copies), default=now), change)
 
-    def _drop_leaving(self, now: float, change: LayerChange) -> None:
-        """async: replicas the change drops stop serving now (their memory is overwritten)."""
-        layer = change.layer
-        current = [list(g) for g in self.replicas[layer]]
-        shares = [list(s) for s in self.shares[layer]]
-        for expert, gpus in enumerate(current):
-            keep = [g for g in gpus if g in change.replicas[expert]]
-            if keep and len(keep) < len(gpus):
-                kept = [shares[expert][gpus.index(g)] for g in keep]
-                total = sum(kept)
-                shares[expert] = [s / total if total > 0 else 1.0 / len(keep) for s in kept]
-                for g in gpus:
-                    if g not in keep:
-                        self._event(now, "evict_rebalance", layer, expert, g, -1, 0.0)
-                        self.replicas_evicted += 1
-                current[expert] = keep
-        self._set_layer(layer, current, shares)
-
     def _install(self, when: float, change: LayerChange) -> None:
         layer, old = change.layer, self.replicas[change.layer]
         for copy in change.copies:
             self._event(when, "replica_ready", layer, copy.expert, copy.src, copy.dst, copy.nbytes)
         self.replicas_added += len(change.copies)
-        if self.cfg.transfer != "async":
-            for expert, gpus in enumerate(old):
-                for g in gpus:
-                    if g not in change.replicas[expert]:
-                        self._event(when, "evict_rebalance", layer, expert, g, -1, 0.0)
-                        self.replicas_evicted += 1
+        for expert, gpus in enumerate(old):
+            for g in gpus:
+                if g not in change.replicas[expert]:
+                    self._event(when, "evict_rebalance", layer, expert, g, -1, 0.0)
+                    self.replicas_evicted += 1
         shares = change.shares or [[1.0 / len(g)] * len(g) for g in change.replicas]
         self._set_layer(layer, change.replicas, shares)
 
