@@ -284,8 +284,9 @@ class TelemetryConfig:
     """What routers and adaptation engines may see, and how late (no oracle telemetry)."""
 
     delay_s: typing.Optional[float] = spec(
-        None, "age of the link, GPU and queue telemetry routers and adaptation engines see, s "
-              "(null: one sim.window_s); expert counts are those of completed windows", ge=0)
+        None, "age of the telemetry routers and adaptation engines see, s (null: one "
+              "sim.window_s for serving=request's link and GPU meters; serving=ep's engines see "
+              "the expert counts of completed steps, no older)", ge=0, le=3600)
 
 
 @dataclass(frozen=True)
