@@ -253,7 +253,13 @@ class AdaptationConfig:
     max_transfers_in_flight: int = spec(4, "helios_dynamic: replica transfers in flight at once", ge=1)
     paced_transfers: bool = spec(
         True, "send replica weights one network chunk at a time (background copy) instead of at once")
-    # serving=ep (helios.sim.ep.adapt): set in steps, as vLLM and SGLang set them.
+    interval_s: typing.Optional[float] = spec(
+        None, "serving=request: time between two decisions, s, in whole sim.window_s (null: "
+              "every window)", gt=0)
+    count_window_s: typing.Optional[float] = spec(
+        None, "serving=request: decide on the mean load of the last this many seconds, in whole "
+              "sim.window_s (null: the EWMA)", gt=0)
+    # serving=ep (helios.sim.ep.migration): set in steps, as vLLM and SGLang set them.
     interval_steps: int = spec(
         3000, "serving=ep: steps between two rebalances (vLLM eplb step_interval, SGLang "
               "eplb_rebalance_num_iterations)", ge=1)

@@ -444,3 +444,23 @@ def test_congestion_aware_sees_only_delayed_window_telemetry():
     sim.gpu_meter.busy_windows[0][near] = window  # what window 0 recorded, had it been busy
     router._seen = -2  # forget the cached sample
     assert router.choose(0, 0, src, [near, far]) == far
+
+
+def test_request_model_incremental_eplb_copies_less_and_the_oracle_copies_nothing():
+    drift = ("scenario=gradual_drift", "scenario.period_s=0.05")
+    rows = {st: run_cell(config(f"strategy={st}", *drift), cache=False).tables["cells"][0]
+            for st in ("eplb_dynamic", "eplb_incremental", "oracle_static_window")}
+    assert rows["eplb_incremental"]["adapt_decisions"] == rows["eplb_dynamic"]["adapt_decisions"] > 0
+    assert 0 < rows["eplb_incremental"]["replication_bytes"] < 0.5 * rows["eplb_dynamic"]["replication_bytes"]
+    oracle = rows["oracle_static_window"]
+    assert oracle["adapt_decisions"] >= 1 and oracle["replication_bytes"] == 0
+
+
+def test_request_model_rebalance_interval_is_in_seconds():
+    """sim.window_s=0.02 over 0.2 s: every window decides by default, every third with
+    interval_s=0.06 (windows 3, 6, 9)."""
+    drift = ("strategy=eplb_dynamic", "scenario=gradual_drift", "scenario.period_s=0.05")
+    every = run_cell(config(*drift), cache=False).tables["cells"][0]
+    third = run_cell(config(*drift, "strategy.adaptation.interval_s=0.06"), cache=False).tables["cells"][0]
+    assert (every["adapt_decisions"], third["adapt_decisions"]) == (10, 3)
+    assert third["replication_bytes"] < every["replication_bytes"]

@@ -82,8 +82,7 @@ BAD_INPUTS = [
      "strategy.adaptation.migration_gbyte_s=-3"),
     (["strategy=eplb_dynamic", "strategy.adaptation.migration_gbyte_s=5"],
      "strategy.adaptation.migration_gbyte_s=5.0"),
-    (["*REQUEST", "model=tiny", "strategy=eplb_incremental"], "strategy=eplb_incremental"),
-    (["*REQUEST", "model=tiny", "strategy=oracle_static_window"], "strategy=oracle_static_window"),
+    (["*REQUEST", "model=tiny", "strategy=eplb_dynamic_sglang"], "strategy=eplb_dynamic_sglang"),
     (["strategy.routing=oracle_congestion"], "strategy.routing=oracle_congestion"),
     (["strategy.routing=congestion_aware"], "strategy.routing=congestion_aware"),
     # experts that do not fit in one cell of a sweep: refused before any cell runs

@@ -6,7 +6,8 @@ window boundary ``k * sim.window_s``.
 
 - :mod:`~helios.sim.adaptation.base`: monitoring, slots, transfers, evictions;
 - :mod:`~helios.sim.adaptation.helios_engine`: ``helios_dynamic``;
-- :mod:`~helios.sim.adaptation.eplb_engine`: ``eplb_dynamic``.
+- :mod:`~helios.sim.adaptation.eplb_engine`: ``eplb_dynamic``, ``eplb_incremental``;
+- :mod:`~helios.sim.adaptation.oracle_engine`: ``oracle_static_window`` (a bound).
 """
 
 from __future__ import annotations
@@ -15,16 +16,19 @@ from collections.abc import Callable
 from typing import Any
 
 from helios.sim.adaptation.base import AdaptationEngine, Transfer
-from helios.sim.adaptation.eplb_engine import EplbEngine
+from helios.sim.adaptation.eplb_engine import EplbEngine, EplbIncrementalEngine
 from helios.sim.adaptation.helios_engine import HeliosEngine
+from helios.sim.adaptation.oracle_engine import OracleEngine
 
-__all__ = ["CONTROLLERS", "AdaptationEngine", "EplbEngine", "HeliosEngine", "Transfer",
-           "make_controller"]
+__all__ = ["CONTROLLERS", "AdaptationEngine", "EplbEngine", "EplbIncrementalEngine", "HeliosEngine",
+           "OracleEngine", "Transfer", "make_controller"]
 
 #: Dynamic strategies and their engines; every other strategy is static.
-CONTROLLERS: dict[str, type[AdaptationEngine]] = {
+CONTROLLERS: dict[str, type] = {
     "helios_dynamic": HeliosEngine,
     "eplb_dynamic": EplbEngine,
+    "eplb_incremental": EplbIncrementalEngine,
+    "oracle_static_window": OracleEngine,
 }
 
 

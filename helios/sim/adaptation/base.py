@@ -8,6 +8,10 @@ end of window ``w``, window ``w - 1``; the meters' busy time / window). All thre
 ``ewma_alpha`` on the newest window. The engine acts only while requests arrive
 (``t <= sim.duration_s``): during the drain nothing is left to adapt to.
 
+**Schedule.** The engine decides every ``interval_s`` (rounded to whole windows; null:
+every window) on the EWMA loads, or, with ``count_window_s`` set, on the mean load of
+the last ``count_window_s`` (whole windows), as vLLM and SGLang count over a window.
+
 **Memory and transfers.** A GPU has ``spec.slots_per_gpu`` expert slots per layer. A
 slot is *held* by a serving replica or by an incoming transfer (reserved when the
 transfer starts), so held <= slots at every instant. An expert never gains a replica
@@ -34,6 +38,7 @@ transfers shorter than a window).
 
 from __future__ import annotations
 
+import collections
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -100,6 +105,10 @@ class AdaptationEngine:
         self.transfers_in_flight = 0
         self.decisions = 0
         """Windows in which the engine decided (``adapt_decisions`` in the cells table)."""
+        adapt = cfg.strategy.adaptation
+        self.every = 1 if adapt.interval_s is None else max(1, round(adapt.interval_s / self.window))
+        keep = None if adapt.count_window_s is None else max(1, round(adapt.count_window_s / self.window))
+        self._rates: collections.deque = collections.deque(maxlen=keep)
         self._peak_in_flight = 0.0
         self.routes = route_table(sim.cluster)
         self.share = np.asarray(sim.workload.source_distribution(), dtype=float)
@@ -115,7 +124,7 @@ class AdaptationEngine:
             w = int(round(env.now / self.window)) - 1
             self._close_window(w)
             self.observe(w)
-            if env.now <= self.sim.end:
+            if env.now <= self.sim.end and (w + 1) % self.every == 0:
                 self.decisions += 1
                 self.act()
 
@@ -136,12 +145,15 @@ class AdaptationEngine:
         else:
             gpu = np.asarray(sim.gpu_meter.busy_windows[seen]) / self.window
             link = np.asarray(sim.link_meter.busy_windows[seen]) / self.window
+        self._rates.append(rate)
         if self.ewma is None:
             self.ewma, self.gpu_util, self.link_util = rate, gpu, link
         else:
             self.ewma = a * rate + (1 - a) * self.ewma
             self.gpu_util = a * gpu + (1 - a) * self.gpu_util
             self.link_util = a * link + (1 - a) * self.link_util
+        if self.cfg.count_window_s is not None:  # the engines' window: a plain mean, no EWMA
+            self.ewma = np.mean(self._rates, axis=0)
 
     def act(self) -> None:
         """Adaptation decisions of one window (subclasses)."""

@@ -5,6 +5,9 @@ EPLB) is re-run on the EWMA loads; each expert gains the target GPUs it lacks (a
 transfer each, when the target has a free slot and the expert is under the cap) and
 loses its replicas off the target once one of its target replicas serves, so a moved
 expert keeps serving at its old place until its new copy has arrived.
+:class:`EplbIncrementalEngine` (``eplb_incremental``) first turns the plan into one with
+EPLB's copy counts and busiest-GPU load that keeps most current copies
+(:func:`helios.placement.incremental.repair_min_moves`).
 """
 
 from __future__ import annotations
@@ -14,11 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from helios.placement.incremental import repair_min_moves
 from helios.sim.adaptation.base import AdaptationEngine, Transfer
 
 
 class EplbEngine(AdaptationEngine):
     """DeepSeek EPLB re-run every window on the EWMA loads; moves paid in transfers."""
+
+    #: eplb_incremental: reach the plan's balance with few copies (``repair_min_moves``).
+    incremental = False
 
     def __init__(self, sim: Any, cfg: Any) -> None:
         super().__init__(sim, cfg)
@@ -33,7 +40,13 @@ class EplbEngine(AdaptationEngine):
 
     def act(self) -> None:
         placement = self._place(dataclasses.replace(self._ctx, expected_load=self.ewma.copy()))
-        self.target = [[set(gpus) for gpus in row] for row in placement.replicas]
+        targets = placement.replicas
+        if self.incremental:
+            per_gpu = placement.info["eplb_num_replicas"] // self.sim.num_gpus
+            targets = [repair_min_moves([list(g) for g in self.sim.replicas[layer]], row,
+                                        self.ewma[layer], self.sim.num_gpus, per_gpu)
+                       for layer, row in enumerate(targets)]
+        self.target = [[set(gpus) for gpus in row] for row in targets]
         for layer, row in enumerate(self.target):
             for expert, want in enumerate(row):
                 self._settle(layer, expert)
@@ -55,3 +68,9 @@ class EplbEngine(AdaptationEngine):
 
     def on_ready(self, transfer: Transfer) -> None:
         self._settle(transfer.layer, transfer.expert)
+
+
+class EplbIncrementalEngine(EplbEngine):
+    """``eplb_incremental``: EPLB's copy counts and balance reached with few copies."""
+
+    incremental = True
