@@ -54,6 +54,10 @@ from helios.placement.incremental import held_matrix
 from helios.sim.kernel import TaskGraph
 
 
+#: Steps of counts kept beyond a window, for ``telemetry.delay_s``.
+HISTORY_SLACK = 256
+
+
 @dataclass
 class Copy:
     """One expert's weights on their way from ``src`` to ``dst``."""
@@ -113,9 +117,10 @@ class EpAdapter:
     # ------------------------------------------------------------------ engine hooks
     def after_step(self, end_s: float, counts: np.ndarray) -> None:
         """Record one finished step's expert counts, shape (layers, experts)."""
-        self.history.append((end_s, counts))
-        keep = self.cfg.window_steps + 4096  # the delay may skip the newest steps
-        while len(self.history) > keep:
+        self.history.append((end_s, counts.astype(np.int32)))
+        # The delay may hide the newest steps; 256 more than a window bounds the memory
+        # (58 layers x 256 experts x 1256 steps of int32: 75 MB at vLLM's window of 1000).
+        while len(self.history) > self.cfg.window_steps + HISTORY_SLACK:
             self.history.popleft()
         self.steps_done += 1
 
@@ -148,7 +153,7 @@ class EpAdapter:
         seen = [c for end, c in self.history if end <= now - self.delay + 1e-12]
         if not seen:
             return None
-        return np.sum(seen[-self.cfg.window_steps:], axis=0)
+        return np.sum(seen[-self.cfg.window_steps:], axis=0, dtype=np.int64).astype(float)
 
     def _due(self, now: float) -> bool:
         return (now <= self.sim.end and self.steps_done > 0 and not self.waiting
