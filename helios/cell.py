@@ -37,6 +37,8 @@ SIM_MODEL_VERSION = "helios-sim-4"
 
 #: Config sections that do not change a cell's results (excluded from its id).
 NON_SEMANTIC = ("ray", "output_dir", "sweep", "record")
+#: Keys of ``sim`` that only bound what may run (the preflight's limits).
+NON_SEMANTIC_SIM = ("max_events", "max_memory_gib")
 
 #: ECMP hash salt of a cluster. It belongs to the cluster, not the workload, so it is
 #: fixed: every seed of a sweep sees the same routes and can share one placement.
@@ -58,6 +60,7 @@ class CellResult:
 def cell_id(cfg: CellConfig) -> str:
     """Content hash of the result-relevant config, the seed and :data:`SIM_MODEL_VERSION`."""
     data = {k: v for k, v in to_dict(cfg).items() if k not in NON_SEMANTIC}
+    data["sim"] = {k: v for k, v in data["sim"].items() if k not in NON_SEMANTIC_SIM}
     blob = json.dumps({"cfg": data, "model_version": SIM_MODEL_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,10 +28,18 @@ GIB = 1024**3
 def spec(default: Any, help: str, **checks: Any) -> Any:
     """A dataclass field with help text and range checks.
 
-    ``checks`` may hold ``gt``, ``ge``, ``le``, ``lt`` (numeric bounds) and
-    ``choices`` (allowed values); :func:`from_mapping` enforces them.
+    ``checks`` may hold ``gt``, ``ge``, ``le``, ``lt`` (numeric bounds), ``choices``
+    (allowed values) and ``pattern`` (a regular expression the whole string matches,
+    with ``pattern_help`` saying in words what it allows); :func:`from_mapping`
+    enforces them.
     """
     return field(default=default, metadata={"help": help, **checks})
+
+
+#: A name used as a path component (``sweep``): never a path, never hidden.
+NAME_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}"
+NAME_HELP = ("a plain name: letters, digits, '_', '.', '-', not starting with '.', at most 100 "
+             "characters (results go to <output_dir>/<sweep>/)")
 
 
 # --------------------------------------------------------------------------- topology
@@ -189,7 +198,7 @@ class ScenarioConfig:
     )
     zipf_s: float = spec(1.0, "Zipf exponent of expert popularity (0 = uniform)", ge=0)
     popularity_seed: typing.Optional[int] = spec(
-        0, "seed of the hot-expert permutation; None = the cell seed", ge=0)
+        0, "seed of the hot-expert permutation; None = the cell seed", ge=0, lt=2**63)
     home_servers: typing.Optional[int] = spec(
         None, "serving=request: requests homed on the GPUs of the first N servers (None: all)", ge=1)
 
@@ -324,6 +333,12 @@ class SimConfig:
         None, "MoE layers simulated (None = all of model.num_moe_layers)", ge=1)
     slo_ms: float = spec(10.0, "serving=request: request latency objective for goodput, ms", gt=0)
     chunk_kib: float = spec(512.0, "chunk size of link transfers, KiB", gt=0)
+    max_events: float = spec(
+        2e10, "refuse a cell whose estimated events exceed this (helios.preflight; not part of "
+              "the cell id)", gt=0)
+    max_memory_gib: typing.Optional[float] = spec(
+        None, "refuse a cell whose estimated memory exceeds this, GiB (null: half of this "
+              "machine's memory; not part of the cell id)", gt=0)
 
 
 @dataclass(frozen=True)
@@ -372,8 +387,9 @@ class CellConfig:
     record: RecordConfig = field(default_factory=RecordConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     ray: RayConfig = field(default_factory=RayConfig)
-    seed: int = spec(0, "seed of every random draw of the cell", ge=0)
-    sweep: str = spec("default", "sweep name: results go to <output_dir>/<sweep>/")
+    seed: int = spec(0, "seed of every random draw of the cell", ge=0, lt=2**63)
+    sweep: str = spec("default", "sweep name: results go to <output_dir>/<sweep>/",
+                      pattern=NAME_PATTERN, pattern_help=NAME_HELP)
     output_dir: str = spec("results", "root folder of results and the placement cache")
     fault: FaultConfig = field(default_factory=FaultConfig)
 
@@ -437,6 +453,9 @@ def _check_range(value: Any, meta: Mapping[str, Any], key: str, given: Any) -> N
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise ConfigError(key, given, "one of " + ", ".join(map(str, choices)))
+    pattern = meta.get("pattern")
+    if pattern is not None and not re.fullmatch(pattern, str(value)):
+        raise ConfigError(key, given, meta.get("pattern_help", f"a string matching {pattern}"))
     bounds = [("gt", ">", lambda v, b: v > b), ("ge", ">=", lambda v, b: v >= b),
               ("lt", "<", lambda v, b: v < b), ("le", "<=", lambda v, b: v <= b)]
     needed = [(sym, b) for name, sym, ok in bounds
@@ -495,8 +514,11 @@ def cell_config(data: Mapping[str, Any]) -> CellConfig:
         For the first unknown key, wrong type, out-of-range value or inconsistent
         combination found.
     """
+    from helios.preflight import check_cost
+
     cfg = from_mapping(CellConfig, {k: v for k, v in data.items() if k != "hydra"}, "")
     check_consistency(cfg)
+    check_cost(cfg)
     return cfg
 
 

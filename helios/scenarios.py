@@ -39,6 +39,9 @@ from helios.workload import SCENARIO_CLASSES, Scenario, zipf_popularity
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 TRACE_COLUMNS = ("window", "layer", "expert", "load")
+#: Largest ids and dense size a trace may have (checked before the dense array exists).
+MAX_TRACE_IDS = {"window": 1 << 24, "layer": 1024, "expert": 1 << 16}
+MAX_TRACE_CELLS = 1 << 28
 
 
 # --------------------------------------------------------------------------- configs
@@ -326,6 +329,13 @@ def _load_trace_cached(resolved: str, path: str, size: int, mtime_ns: int,
     if not (np.isfinite(load).all() and (load >= 0).all()):
         raise ConfigError(key, path, "a trace whose 'load' column holds finite numbers >= 0")
     shape = tuple(int(ids[c].max()) + 1 for c in TRACE_COLUMNS[:3])
+    for col, size in zip(TRACE_COLUMNS[:3], shape):  # before a dense array is built
+        if size > MAX_TRACE_IDS[col]:
+            raise ConfigError(key, path, f"a trace whose '{col}' ids are below {MAX_TRACE_IDS[col]}; "
+                              f"it has {size - 1}")
+    if math.prod(shape) > MAX_TRACE_CELLS:
+        raise ConfigError(key, path, f"a trace of at most {MAX_TRACE_CELLS:.3g} (window, layer, "
+                          f"expert) cells; it spans {math.prod(shape):.3g}")
     present = np.unique(ids["window"])
     if len(present) != shape[0]:
         gap = int(np.setdiff1d(np.arange(shape[0]), present)[0])

@@ -189,18 +189,23 @@ def remove_stale_temporaries(sweep_dir: Path | str, cells: Iterable[str] | None 
     return removed
 
 
-def check_writable(folder: Path | str) -> None:
+def check_writable(folder: Path | str, root: Path | str | None = None) -> None:
     """Raise :class:`OSError` unless files can be created in ``folder`` (or where it would go).
 
     Walks up to the nearest existing ancestor (the folder itself if it exists), which
-    must be a folder, and creates and removes a hidden file in it. Permission bits are
+    must be a folder, and creates and removes a hidden file in it. With ``root`` (a
+    folder that contains ``folder``), the walk stops there and ``root`` is created if
+    missing, so the probe never touches anything outside ``root``. Permission bits are
     not consulted: they do not stop root, while a read-only mount or an immutable
     folder stops everyone; trying is the only test that answers for this process.
-    Nothing is left behind, and no folder is created.
+    Nothing is left behind, and no folder but ``root`` is created.
     """
     folder = Path(folder).absolute()
+    top = None if root is None else Path(root).absolute()
+    if top is not None:
+        top.mkdir(parents=True, exist_ok=True)
     existing = folder
-    while not existing.exists() and existing != existing.parent:
+    while not existing.exists() and existing != existing.parent and existing != top:
         existing = existing.parent
     if not existing.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder, is in the way",
@@ -214,7 +219,8 @@ def check_output_dirs(cells: Iterable[object]) -> None:
     """Check that every cell's results can be written, before any cell runs.
 
     Probes (see :func:`check_writable`) each ``<output_dir>/<sweep>`` and its existing
-    subfolders (tables, claims, Hydra's record), and ``<output_dir>/placement_cache``.
+    subfolders (tables, claims, Hydra's record), and ``<output_dir>/placement_cache``,
+    never anything outside ``output_dir`` (which is created if missing).
 
     Raises
     ------
@@ -236,7 +242,7 @@ def check_output_dirs(cells: Iterable[object]) -> None:
                 continue
             seen.add(folder)
             try:
-                check_writable(folder)
+                check_writable(folder, root)
             except OSError as exc:
                 where = exc.filename or folder
                 raise ConfigError("output_dir", output_dir,

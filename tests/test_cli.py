@@ -70,6 +70,27 @@ BAD_INPUTS = [
     (["serving=foo"], "serving=foo"),
     (["model=tiny", "topology.gpus_per_server=1", "serving.dispatch=per_node"],
      "serving.dispatch=per_node"),
+    # names are names: nothing outside output_dir
+    (["sweep=../../x"], "sweep=../../x"),
+    (["sweep=/abs"], "sweep=/abs"),
+    (["sweep=a/b"], "sweep=a/b"),
+    (["sweep=.hidden"], "sweep=.hidden"),
+    (["sweep=" + "x" * 101], "sweep=" + "x" * 101),
+    (["sweep=${oc.env:HOME}"], "sweep=" + os.environ.get("HOME", "")),
+    (["--multirun", "model=tiny", "sweep=../up", "seed=0,1"], "sweep=../up"),
+    # cells too large to run: one line naming the key that drives the cost
+    (["scenario.rate=1e12"], "scenario.rate=1000000000000.0"),
+    (["sim.duration_s=1e9"], "sim.duration_s=1000000000.0"),
+    (["sim.window_s=1e-9"], "sim.window_s=1e-09"),
+    (["sim.chunk_kib=1e-6"], "sim.chunk_kib=1e-06"),
+    (["topology.k=64"], "topology.k=64"),
+    (["topology.gpus_per_server=100000"], "topology.gpus_per_server=100000"),
+    (["*REQUEST", "model=tiny", "scenario.tokens_per_request=1000000000"],
+     "scenario.tokens_per_request=1000000000"),
+    (["--multirun", "model=tiny", "scenario.rate=100,1e13"], "scenario.rate=10000000000000.0"),
+    # integer ranges
+    (["seed=9223372036854775808"], "seed=9223372036854775808"),
+    (["scenario.popularity_seed=9223372036854775808"], "scenario.popularity_seed=9223372036854775808"),
     # runtime adaptation (serving=ep)
     (["telemetry.delay_s=-1"], "telemetry.delay_s=-1"),
     (["strategy=helios_dynamic", "strategy.adaptation.interval_steps=0"],
@@ -128,3 +149,16 @@ def test_cli_config_error_has_no_traceback(tmp_path):
     assert proc.stderr.strip() == "helios: config error: topology.k=5: an even integer >= 2"
     assert "Traceback" not in proc.stdout + proc.stderr
     assert not (tmp_path / "res").exists()
+
+
+def test_the_write_probe_touches_only_output_dir(tmp_path):
+    """A missing output_dir is created and probed; nothing is written beside it."""
+    from types import SimpleNamespace
+
+    from helios.storage import check_output_dirs
+
+    out = tmp_path / "a" / "b"
+    check_output_dirs([SimpleNamespace(output_dir=str(out), sweep="s")])
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["b"]
+    assert not any(out.iterdir())

@@ -268,3 +268,14 @@ def test_bad_engine_traces_are_one_line_errors(make, why, tmp_path):
     with pytest.raises(ConfigError) as err:
         cell_config(compose(["model=tiny", "scenario=trace", f"scenario.trace_path={path}"]))
     assert err.value.key == "scenario.trace_path" and why in err.value.one_line()
+
+
+def test_huge_trace_ids_are_refused_before_a_dense_array_is_built(tmp_path):
+    path = tmp_path / "huge.csv"
+    pd.DataFrame({"window": [0], "layer": [0], "expert": [2**40], "load": [1]}).to_csv(path, index=False)
+    with pytest.raises(ConfigError, match="'expert' ids are below 65536"):
+        load_trace(str(path))
+    path = tmp_path / "wide.csv"
+    pd.DataFrame({"window": [2**23], "layer": [1000], "expert": [60000], "load": [1]}).to_csv(path, index=False)
+    with pytest.raises(ConfigError, match="cells; it spans"):
+        load_trace(str(path))
