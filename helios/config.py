@@ -355,6 +355,8 @@ class RayConfig:
     address: typing.Optional[str] = spec(None, "Ray cluster address; None starts a local Ray")
     num_workers: typing.Optional[int] = spec(None, "simulation actors; None = one per CPU", ge=1)
     max_retries: int = spec(2, "retries of a cell whose worker died", ge=0)
+    connect_timeout_s: float = spec(30.0, "give up joining ray.address after this many seconds",
+                                    gt=0, le=3600)
 
 
 @dataclass(frozen=True)

@@ -166,6 +166,7 @@ def plan(cells: Sequence[CellConfig], labels: Sequence[str] | None = None
 
 def run_sweep(cells: Sequence[CellConfig], *, labels: Sequence[str] | None = None,
               num_workers: int | None = None, max_retries: int = 2, address: str | None = None,
+              connect_timeout_s: float = 30.0,
               progress: bool = True, print_summary: bool = True,
               on_result: Callable[[str, str, list[int]], None] | None = None) -> SweepReport:
     """Run every cell not yet done, write its Parquet parts, and report.
@@ -200,7 +201,7 @@ def run_sweep(cells: Sequence[CellConfig], *, labels: Sequence[str] | None = Non
     for sweep_dir in report.sweep_dirs:
         remove_stale_temporaries(sweep_dir)
     if todo:
-        with ray_session(address) as mode:
+        with ray_session(address, connect_timeout_s=connect_timeout_s) as mode:
             workers = min(num_workers or default_num_workers(), len(todo))
             report.workers = workers
             report.ray = f"{mode} Ray at {ray.get_runtime_context().gcs_address}"

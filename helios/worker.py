@@ -42,12 +42,42 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+class RayUnreachable(RuntimeError):
+    """The cluster at ``address`` did not answer within the connect timeout."""
+
+    def __init__(self, address: str, timeout_s: float) -> None:
+        super().__init__(f"cannot reach Ray at {address} within {timeout_s:g} s")
+
+
+def wait_reachable(address: str, timeout_s: float) -> None:
+    """Return once ``address`` (``host:port`` or ``ray://host:port``) accepts a TCP
+    connection; raise :class:`RayUnreachable` after ``timeout_s`` (``ray.init`` itself
+    retries an unreachable address for minutes). ``auto`` is left to Ray."""
+    target = address.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RayUnreachable(address, timeout_s)
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=min(left, 2.0)):
+                return
+        except OSError:
+            time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
+
+
 @contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[str]:
+def ray_session(address: str | None = None, num_cpus: int | None = None,
+                connect_timeout_s: float = 30.0) -> Iterator[str]:
     """Make sure Ray is up for the duration of the block; yields how it was reached.
 
     - Ray already initialised in this process: use it (``"existing"``).
-    - ``address`` or ``RAY_ADDRESS`` set: join that cluster (``"cluster"``). Its token
+    - ``address`` or ``RAY_ADDRESS`` set (other than ``local``): join that cluster
+      (``"cluster"``), once it accepts a connection within ``connect_timeout_s``
+      (else :class:`RayUnreachable`). Its token
       authentication, if on, needs ``RAY_AUTH_MODE=token`` and the cluster's token
       (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``) here too.
     - Otherwise start a local Ray bound to 127.0.0.1, with no dashboard, sized to
@@ -60,8 +90,11 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         yield "existing"
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address == "local":  # a fresh local Ray: the embedded, loopback-only one
+        address = None
     quiet = dict(logging_level=logging.WARNING, log_to_driver=False)
     if address:
+        wait_reachable(address, connect_timeout_s)
         ray.init(address=address, **quiet)
         mode = "cluster"
     else:

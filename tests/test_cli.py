@@ -162,3 +162,24 @@ def test_the_write_probe_touches_only_output_dir(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["b"]
     assert not any(out.iterdir())
+
+
+@pytest.mark.parametrize("how", ["ray.address", "RAY_ADDRESS"])
+def test_an_unreachable_ray_cluster_is_one_line_exit_2_within_the_timeout(how, tmp_path):
+    import time
+
+    address = "127.0.0.1:9"  # the discard port: nothing listens there
+    args = ["--multirun", *FAST, "seed=0,1", f"output_dir={tmp_path}", "ray.connect_timeout_s=2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if how == "ray.address":
+        args.append(f"ray.address={address}")
+    else:
+        env["RAY_ADDRESS"] = address
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "helios.sweep", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("helios:")]
+    assert lines == [f"helios: error: cannot reach Ray at {address} within 2 s"], proc.stderr
+    assert time.monotonic() - t0 < 60
+    assert not (tmp_path / "default" / "cells").exists()

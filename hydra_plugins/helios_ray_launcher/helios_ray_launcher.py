@@ -123,6 +123,7 @@ class HeliosRayLauncher(Launcher):
         from helios.cell import cell_id
         from helios.errors import StorageError
         from helios.runner import run_sweep
+        from helios.worker import RayUnreachable
         from helios.sweep import cell_mapping
 
         setup_globals()
@@ -135,9 +136,13 @@ class HeliosRayLauncher(Launcher):
         try:
             report = run_sweep([cell for _, cell in jobs], labels=labels,
                                num_workers=ray_cfg.num_workers, max_retries=ray_cfg.max_retries,
-                               address=ray_cfg.address, progress=self.progress)
+                               address=ray_cfg.address, progress=self.progress,
+                               connect_timeout_s=ray_cfg.connect_timeout_s)
         except StorageError as err:
             raise SweepFailed(f"helios: error: {err}") from None
+        except RayUnreachable as err:
+            print(f"helios: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
         failure = None
         if report.failed:
             names = ", ".join(f"{cid} [{f['label']}]" for cid, f in report.failed.items())
