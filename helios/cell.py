@@ -36,7 +36,7 @@ from helios.workload import Workload
 SIM_MODEL_VERSION = "helios-sim-4"
 
 #: Config sections that do not change a cell's results (excluded from its id).
-NON_SEMANTIC = ("ray", "output_dir", "sweep", "record")
+NON_SEMANTIC = ("ray", "output_dir", "sweep", "record", "rerun")
 #: Keys of ``sim`` that only bound what may run (the preflight's limits).
 NON_SEMANTIC_SIM = ("max_events", "max_memory_gib")
 

@@ -393,6 +393,7 @@ class CellConfig:
     sweep: str = spec("default", "sweep name: results go to <output_dir>/<sweep>/",
                       pattern=NAME_PATTERN, pattern_help=NAME_HELP)
     output_dir: str = spec("results", "root folder of results and the placement cache")
+    rerun: bool = spec(False, "run cells again even if their results exist (+rerun=true)")
     fault: FaultConfig = field(default_factory=FaultConfig)
 
 

@@ -125,9 +125,28 @@ def part_files(sweep_dir: Path | str, table: str) -> list[Path]:
     return sorted(p for p in folder.glob("part-*.parquet"))
 
 
+def part_is_whole(path: Path | str, cell_id: str) -> bool:
+    """Whether the ``cells`` part at ``path`` opens and holds exactly its cell's one row."""
+    try:
+        ids = pq.read_table(path, columns=["cell_id"]).column("cell_id").to_pylist()
+    except Exception:  # noqa: BLE001 - truncated, not Parquet, no cell_id column: damaged
+        return False
+    return ids == [cell_id]
+
+
+def scan_done(sweep_dir: Path | str) -> tuple[set[str], list[Path]]:
+    """(ids of finished cells, damaged ``cells`` parts): a cell is finished only if its
+    ``cells`` part opens and holds its own id (:func:`part_is_whole`)."""
+    done, damaged = set(), []
+    for path in part_files(sweep_dir, "cells"):
+        cid = path.stem.removeprefix("part-")
+        (done.add(cid) if part_is_whole(path, cid) else damaged.append(path))
+    return done, damaged
+
+
 def done_cell_ids(sweep_dir: Path | str) -> set[str]:
-    """Ids of cells that already have a ``cells`` part (finished cells)."""
-    return {p.stem.removeprefix("part-") for p in part_files(sweep_dir, "cells")}
+    """Ids of cells whose ``cells`` part is whole (finished cells)."""
+    return scan_done(sweep_dir)[0]
 
 
 def load(sweep_dir: Path | str, table: str = "cells") -> pd.DataFrame:

@@ -2,7 +2,7 @@
 
 How a sweep runs
 ----------------
-- Cells whose ``cells`` part already exists under ``<output_dir>/<sweep>/`` are
+- Cells whose ``cells`` part already exists, whole, under ``<output_dir>/<sweep>/`` are
   skipped (resume): a cell's id is the content hash of its config, so re-running a
   sweep, or the same sweep with more seeds, runs only the cells not yet done.
 - One :class:`SimulationWorker` actor per CPU of the Ray cluster (or
@@ -145,7 +145,7 @@ def plan(cells: Sequence[CellConfig], labels: Sequence[str] | None = None
          ) -> tuple[list[Cell], list[Cell], int]:
     """Split ``cells`` into (to run, already done, duplicate count) by cell id and folder."""
     from helios.cell import cell_id as compute_cell_id
-    from helios.results import done_cell_ids
+    from helios.results import scan_done
 
     labels = list(labels) if labels is not None else [""] * len(cells)
     done_by_dir: dict[Path, set[str]] = {}
@@ -159,8 +159,12 @@ def plan(cells: Sequence[CellConfig], labels: Sequence[str] | None = None
             continue
         seen.add((cell.sweep_dir, cell.cell_id))
         if cell.sweep_dir not in done_by_dir:
-            done_by_dir[cell.sweep_dir] = done_cell_ids(cell.sweep_dir)
-        (done if cell.cell_id in done_by_dir[cell.sweep_dir] else todo).append(cell)
+            finished, damaged = scan_done(cell.sweep_dir)
+            done_by_dir[cell.sweep_dir] = finished
+            for path in damaged:
+                print(f"helios: damaged part {path}: its cell runs again", file=sys.stderr)
+        finished = cell.cell_id in done_by_dir[cell.sweep_dir] and not cfg.rerun
+        (done if finished else todo).append(cell)
     return todo, done, dupes
 
 
@@ -299,7 +303,7 @@ class _Pool:
 
     def _next_cell(self) -> Cell | None:
         """The next pending cell, claimed by this driver and not done; None if there is none."""
-        from helios.results import part_path
+        from helios.results import part_is_whole, part_path
         from helios.storage import claim, holder
 
         while self.pending:
@@ -315,7 +319,8 @@ class _Pool:
                 self.deferred.append(cell)
                 self.deferred_at = time.monotonic()
                 continue
-            if part_path(cell.sweep_dir, "cells", cell.cell_id).exists():
+            if part_is_whole(part_path(cell.sweep_dir, "cells", cell.cell_id), cell.cell_id) \
+                    and not cell.cfg.rerun:
                 lock.release()  # another sweep finished it since plan()
                 self.report.skipped.append(cell.cell_id)
                 self.report.by_other_sweep.append(cell.cell_id)

@@ -323,9 +323,12 @@ def run_one(cfg: CellConfig) -> str:
     from helios.results import write_cell
     from helios.storage import claim
 
+    sweep_dir = Path(cfg.output_dir) / cfg.sweep
+    done = _finished_summary(cfg, sweep_dir)
+    if done is not None:
+        return done
     inject_faults(cfg)  # test-only faults (helios.faults); none by default
     result = run_cell(cfg)
-    sweep_dir = Path(cfg.output_dir) / cfg.sweep
     # Hold the cell's claim while writing, so that a sweep into the same folder neither
     # writes this cell at the same time nor takes our temporary files for stale ones.
     try:
@@ -336,6 +339,27 @@ def run_one(cfg: CellConfig) -> str:
         raise SystemExit(1) from None
     print(f"helios: cell {result.cell_id} written to {sweep_dir}", file=sys.stderr)
     return result.summary
+
+
+def _finished_summary(cfg: CellConfig, sweep_dir: Path) -> str | None:
+    """The summary of a cell already written whole there (resume, as sweeps do), or None."""
+    import pyarrow.parquet as pq
+
+    from helios.cell import cell_id, summary_line
+    from helios.results import part_is_whole, part_path
+
+    cid = cell_id(cfg)
+    path = part_path(sweep_dir, "cells", cid)
+    if cfg.rerun or not path.exists():
+        return None
+    if not part_is_whole(path, cid):
+        print(f"helios: damaged part {path}: its cell runs again", file=sys.stderr)
+        return None
+    row = pq.read_table(path).to_pylist()[0]
+    p99 = row["tpot_p99_ms"] if cfg.serving.name == "ep" else row["p99_ms"]
+    print(f"helios: cell {cid} already done in {sweep_dir} (+rerun=true runs it again)",
+          file=sys.stderr)
+    return summary_line(cfg.strategy.name, p99, row["goodput_tok_s"], row["max_link_util"])
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name=CONFIG_NAME, version_base="1.3")

@@ -466,3 +466,34 @@ def test_a_lost_node_mid_sweep_leaves_the_sweep_complete_on_the_other(ray_cluste
     assert lost and report.worker_deaths >= 1 and not report.failed
     assert len(report.done) == len(cells)
     assert_sound(tmp_path / "smoke", {cell_id(c) for c in cells})
+
+
+def test_a_truncated_cells_part_is_reported_and_its_cell_runs_again(tmp_path):
+    """Resume trusts a cell only if its cells part opens and holds its own id: a part cut
+    short is named on stderr and the cell re-runs (and a whole one is skipped, unless
+    +rerun=true), for a single cell as for a sweep."""
+    import subprocess
+    import sys
+
+    args = ["+sweep=smoke", "strategy=round_robin", f"output_dir={tmp_path}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = lambda *extra: subprocess.run([sys.executable, "-m", "helios.sweep", *args, *extra],  # noqa: E731
+                                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    first = run()
+    assert first.returncode == 0, first.stderr
+    (part,) = (tmp_path / "smoke" / "cells").glob("part-*.parquet")
+    again = run()
+    assert "already done" in again.stderr and again.stdout == first.stdout
+    part.write_bytes(part.read_bytes()[: len(part.read_bytes()) // 2])
+    repaired = run()
+    assert f"damaged part {part}" in repaired.stderr and repaired.returncode == 0
+    from helios.results import part_is_whole
+
+    assert part_is_whole(part, part.stem.removeprefix("part-"))
+    forced = run("+rerun=true")
+    assert "already done" not in forced.stderr and "written to" in forced.stderr
+    part.write_bytes(b"not parquet")
+    sweep = subprocess.run([sys.executable, "-m", "helios.sweep", "--multirun", *args, "seed=0"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert sweep.returncode == 0 and f"damaged part {part}" in sweep.stderr
+    assert part_is_whole(part, part.stem.removeprefix("part-"))
