@@ -80,6 +80,40 @@ class Cell:
     claim: Any = None  # helios.storage.Claim while this driver holds the cell
 
 
+#: Set when SIGTERM (not Ctrl-C) stopped this process.
+SIGTERM_RECEIVED = {"yes": False}
+
+
+def raise_on_sigterm() -> None:
+    """Make SIGTERM stop the main thread as Ctrl-C does (a ``KeyboardInterrupt``, which Ray's
+    waits let through), remembering that it was SIGTERM (exit status 143, not 130)."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        SIGTERM_RECEIVED["yes"] = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+class Interrupted(Exception):
+    """A sweep stopped by Ctrl-C or SIGTERM; :meth:`line` says what is left."""
+
+    def __init__(self, report: "SweepReport", todo: int, terminated: bool) -> None:
+        super().__init__("interrupted")
+        self.report, self.todo, self.terminated = report, todo, terminated
+
+    @property
+    def exit_code(self) -> int:
+        return 143 if self.terminated else 130
+
+    def line(self) -> str:
+        done = len(self.report.done) + len(self.report.skipped)
+        left = self.report.total - done - len(self.report.failed)
+        return (f"interrupted: {done} cells done, {left} not started; run the same command "
+                "to resume")
+
+
 @dataclass
 class SweepReport:
     """What a sweep did; ``exit_code`` is 1 if any cell finally failed."""
@@ -205,11 +239,15 @@ def run_sweep(cells: Sequence[CellConfig], *, labels: Sequence[str] | None = Non
     for sweep_dir in report.sweep_dirs:
         remove_stale_temporaries(sweep_dir)
     if todo:
-        with ray_session(address, connect_timeout_s=connect_timeout_s) as mode:
-            workers = min(num_workers or default_num_workers(), len(todo))
-            report.workers = workers
-            report.ray = f"{mode} Ray at {ray.get_runtime_context().gcs_address}"
-            _Pool(todo, workers, max_retries, report, progress, print_summary, on_result).run()
+        try:
+            with ray_session(address, connect_timeout_s=connect_timeout_s) as mode:
+                raise_on_sigterm()  # ray.init installs its own SIGTERM handler (sys.exit(15))
+                workers = min(num_workers or default_num_workers(), len(todo))
+                report.workers = workers
+                report.ray = f"{mode} Ray at {ray.get_runtime_context().gcs_address}"
+                _Pool(todo, workers, max_retries, report, progress, print_summary, on_result).run()
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM; Ray is shut down by now
+            raise Interrupted(report, len(todo), SIGTERM_RECEIVED["yes"]) from None
         for sweep_dir in report.sweep_dirs:
             remove_stale_temporaries(sweep_dir)
     report.wall_s = time.perf_counter() - t0

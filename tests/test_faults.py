@@ -497,3 +497,28 @@ def test_a_truncated_cells_part_is_reported_and_its_cell_runs_again(tmp_path):
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert sweep.returncode == 0 and f"damaged part {part}" in sweep.stderr
     assert part_is_whole(part, part.stem.removeprefix("part-"))
+
+
+@pytest.mark.parametrize("signame,status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_ctrl_c_and_sigterm_stop_with_one_line_and_leave_no_ray_process(signame, status, tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "helios.sweep", *FAST, "seed=range(4)",
+                             f"output_dir={tmp_path}"], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    t0 = time.monotonic()
+    while not list((tmp_path / "smoke" / "cells").glob("part-*.parquet")):
+        assert time.monotonic() - t0 < 240 and proc.poll() is None, "no cell finished"
+        time.sleep(0.2)
+    os.kill(proc.pid, getattr(signal, signame))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == status
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(r"interrupted: \d+ cells done, \d+ not started; run the same command to "
+                        r"resume", last), err[-2000:]
+    assert "Traceback" not in err
+    time.sleep(1.0)
+    with pytest.raises(ProcessLookupError):  # raylet, GCS and workers are gone with it
+        os.killpg(proc.pid, 0)

@@ -122,7 +122,7 @@ class HeliosRayLauncher(Launcher):
                ) -> Sequence[JobReturn]:
         from helios.cell import cell_id
         from helios.errors import StorageError
-        from helios.runner import run_sweep
+        from helios.runner import Interrupted, run_sweep
         from helios.worker import RayUnreachable
         from helios.sweep import cell_mapping
 
@@ -143,6 +143,9 @@ class HeliosRayLauncher(Launcher):
         except RayUnreachable as err:
             print(f"helios: error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
+        except Interrupted as stop:
+            print(stop.line(), file=sys.stderr, flush=True)
+            os._exit(stop.exit_code)  # Ray is down; skip Hydra's and atexit's teardown noise
         failure = None
         if report.failed:
             names = ", ".join(f"{cid} [{f['label']}]" for cid, f in report.failed.items())
