@@ -81,3 +81,38 @@ def ray_cluster(_ray_teardown):
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cwd(tmp_path, monkeypatch):
+    """Every test runs in its own temporary folder, so that relative defaults
+    (``output_dir=results``, Hydra's ``outputs/``) never land in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
+def _checkout_state() -> set[str] | None:
+    """Untracked and modified paths of the checkout (None outside a git work tree)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {line[3:] for line in out.splitlines()}
+
+
+def pytest_sessionstart(session):
+    session.config._checkout_before = _checkout_state()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The suite leaves the checkout as it found it: a new or changed file fails the run."""
+    before = getattr(session.config, "_checkout_before", None)
+    after = _checkout_state()
+    if before is None or after is None:
+        return
+    litter = sorted(after - before)
+    if litter:
+        print("\ntests left files in the checkout: " + ", ".join(litter[:20]), file=sys.stderr)
+        session.exitstatus = 1
