@@ -256,6 +256,37 @@ def run_sweep(cells: Sequence[CellConfig], *, labels: Sequence[str] | None = Non
     return report
 
 
+class LineProgress:
+    """Progress for a non-terminal (a log file, CI): one line at every 10% of the cells
+    and at least every ``interval_s`` seconds, never a redraw; the tqdm calls the pool
+    makes (``update``, ``write``, ``set_postfix_str``, ``close``)."""
+
+    def __init__(self, total: int, interval_s: float = 30.0, file: Any = None) -> None:
+        self.total, self.n, self.interval_s = total, 0, interval_s
+        self.file = file if file is not None else sys.stderr
+        self.t0 = self._last = time.monotonic()
+        self._next_tenth, self.postfix = 1, ""
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        tenth = 10 * self.n // max(self.total, 1)
+        if tenth >= self._next_tenth or now - self._last >= self.interval_s:
+            self._next_tenth = tenth + 1
+            self._last = now
+            print(f"helios sweep: {self.n}/{self.total} cells ({100 * self.n // max(self.total, 1)}%), "
+                  f"{now - self.t0:.0f} s; {self.postfix}", file=self.file, flush=True)
+
+    def write(self, text: str, file: Any = None) -> None:
+        print(text, file=file or self.file, flush=True)
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        self.postfix = text
+
+    def close(self) -> None:
+        """Nothing to tidy: every line is already whole."""
+
+
 class _Slot:
     """One worker actor and the cells submitted to it, oldest (the running one) first."""
 
@@ -290,10 +321,11 @@ class _Pool:
         self.inflight: dict[Any, tuple[_Slot, Cell]] = {}
         self.deferred: list[Cell] = []  # cells another sweep holds the claim of
         self.deferred_at = 0.0
-        self.bar = tqdm(total=len(todo), unit="cell", file=sys.stderr, disable=not progress,
-                        dynamic_ncols=True, desc="helios sweep",
-                        # in a log file, a line every 30 s rather than every redraw
-                        mininterval=0.5 if sys.stderr.isatty() else 30.0)
+        if progress and not sys.stderr.isatty():  # a log file: a line per 10% or 30 s
+            self.bar: Any = LineProgress(len(todo))
+        else:
+            self.bar = tqdm(total=len(todo), unit="cell", file=sys.stderr, disable=not progress,
+                            dynamic_ncols=True, desc="helios sweep", mininterval=0.5)
 
     def _cache_stats(self) -> dict[str, int]:
         total: dict[str, int] = {}

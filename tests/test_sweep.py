@@ -334,3 +334,19 @@ def test_two_node_cluster_survives_sigkill_of_a_worker(ray_cluster, tmp_path, ex
     assert len(df) == len(cells) == df["cell_id"].nunique()
     assert set(df["cell_id"]) == {cell_id(c) for c in cells}
     assert not (tmp_path / "smoke" / "failures").exists()
+
+
+def test_progress_on_a_non_terminal_is_a_line_per_tenth_not_a_redraw():
+    import io
+
+    from helios.runner import LineProgress
+
+    out = io.StringIO()
+    bar = LineProgress(16, interval_s=1e9, file=out)
+    for _ in range(16):
+        bar.set_postfix_str("done=1")
+        bar.update(1)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert 9 <= len(lines) <= 11 and lines[-1].startswith("helios sweep: 16/16 cells (100%)")
+    assert all("\r" not in line for line in lines)
