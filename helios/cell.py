@@ -7,6 +7,7 @@ its graph and route tables once.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
 import json
@@ -161,10 +162,11 @@ def run_cell(cfg: CellConfig | Mapping[str, Any], cache: Any = None) -> CellResu
     sim_s = time.perf_counter() - t0
 
     keys = {"sweep": cfg.sweep, "cell_id": cid}
+    choices = {"topology": cfg.topology.name, "model": cfg.model.name,
+               "scenario": cfg.scenario.name, "strategy": cfg.strategy.name, "seed": cfg.seed}
     row = {
-        **keys,
-        "topology": cfg.topology.name, "model": cfg.model.name, "scenario": cfg.scenario.name,
-        "strategy": cfg.strategy.name, "seed": cfg.seed,
+        **keys, **choices,
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **{f"cfg.{k}": v for k, v in flatten(cfg).items()},
         **asdict(metrics),
         "replicas_added": replica_stats[0], "replicas_evicted": replica_stats[1],
@@ -180,9 +182,10 @@ def run_cell(cfg: CellConfig | Mapping[str, Any], cache: Any = None) -> CellResu
     }
     tables = {
         "cells": [row],
-        "timeseries": [{**keys, "window": i, **asdict(w)} for i, w in enumerate(windows)],
-        "events": [{**keys, **event} for event in adaptation_events],
-        "requests": [{**keys, **asdict(r)} for r in records] if cfg.record.requests else [],
+        "timeseries": [{**keys, **choices, "window": i, **asdict(w)} for i, w in enumerate(windows)],
+        "events": [{**keys, **choices, **event} for event in adaptation_events],
+        "requests": ([{**keys, **choices, **asdict(r)} for r in records]
+                     if cfg.record.requests else []),
     }
     # serving=ep: "P99 Latency" is the P99 time per output token, goodput its output tokens/s.
     p99 = metrics.tpot_p99_ms if cfg.serving.name == "ep" else metrics.p99_ms

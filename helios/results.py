@@ -45,14 +45,77 @@ def _uniform(rows: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{k: row.get(k) for k in keys} for row in rows]
 
 
+def _arrow_type(tp: Any) -> pa.DataType:
+    """Arrow type of a config field's annotation (``Optional[X]`` is a nullable ``X``)."""
+    import typing
+
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    base = args[0] if typing.get_origin(tp) is typing.Union and len(args) == 1 else tp
+    return {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}.get(
+        base, pa.string())
+
+
+@functools.lru_cache(maxsize=1)
+def config_schema() -> dict[str, pa.DataType]:
+    """Every ``cfg.<dotted.key>`` column any cell can have, with its type, in a stable order:
+    the union over all options of the topology, scenario and serving groups."""
+    import dataclasses
+    import typing
+
+    from helios import config as c
+
+    def walk(cls: type, prefix: str, out: dict[str, pa.DataType]) -> None:
+        hints = typing.get_type_hints(cls, vars(c))
+        for fld in dataclasses.fields(cls):
+            if prefix == "" and fld.name in c.HIDDEN_AT_DEFAULT:
+                continue
+            key, tp = f"{prefix}{fld.name}", hints[fld.name]
+            registry = c.GROUP_REGISTRIES.get(key)
+            if registry is not None:
+                for option in registry.values():
+                    walk(option, key + ".", out)
+            elif dataclasses.is_dataclass(tp):
+                walk(tp, key + ".", out)
+            else:
+                out.setdefault(f"cfg.{key}", _arrow_type(tp))
+
+    out: dict[str, pa.DataType] = {}
+    walk(c.CellConfig, "", out)
+    return dict(sorted(out.items()))
+
+
+def cells_table(rows: list[Mapping[str, Any]]) -> pa.Table:
+    """The ``cells`` rows with every config column of :func:`config_schema` (typed nulls
+    where a cell's options lack the key), results first in row order, then ``cfg.*``
+    sorted: every part of every sweep has the same columns in the same order."""
+    rows = _uniform(rows)
+    schema = config_schema()
+    own = [k for k in rows[0] if not k.startswith("cfg.")]
+    full = [{**{k: row.get(k) for k in own}, **{k: row.get(k) for k in schema}} for row in rows]
+    table = pa.Table.from_pylist(full)
+    for key, tp in schema.items():
+        i = table.schema.get_field_index(key)
+        column = table.column(i)
+        if column.type != tp:
+            try:
+                column = column.cast(tp)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # e.g. a list-valued key
+                column = pa.array([None if v is None else json.dumps(v) for v in column.to_pylist()],
+                                  type=pa.string())
+            table = table.set_column(i, key, column)
+    return table
+
+
 def part_path(sweep_dir: Path | str, table: str, cell_id: str) -> Path:
     """Where ``table``'s part file of cell ``cell_id`` lives."""
     return Path(sweep_dir) / table / f"part-{cell_id}.parquet"
 
 
-def encode_part(rows: list[Mapping[str, Any]], config: Mapping[str, Any] | None = None) -> bytes:
-    """Parquet bytes of ``rows``, with the composed config and package versions as metadata."""
-    arrow = pa.Table.from_pylist(_uniform(rows))
+def encode_part(rows: list[Mapping[str, Any]], config: Mapping[str, Any] | None = None,
+                table: str = "") -> bytes:
+    """Parquet bytes of ``rows``, with the composed config and package versions as metadata
+    (``cells`` rows get the full, typed column set of :func:`cells_table`)."""
+    arrow = cells_table(rows) if table == "cells" else pa.Table.from_pylist(_uniform(rows))
     meta = dict(arrow.schema.metadata or {})
     meta[b"helios.config"] = json.dumps(config or {}, sort_keys=True, default=str).encode()
     meta[b"helios.versions"] = json.dumps(package_versions(), sort_keys=True).encode()
@@ -106,7 +169,7 @@ def write_part(sweep_dir: Path | str, table: str, cell_id: str, rows: list[Mappi
     """Atomically write one cell's rows of ``table``; returns the path, or None if no rows."""
     if not rows:
         return None
-    return write_atomic(part_path(sweep_dir, table, cell_id), encode_part(rows, config))
+    return write_atomic(part_path(sweep_dir, table, cell_id), encode_part(rows, config, table))
 
 
 def write_cell(sweep_dir: Path | str, cell_id: str, tables: Mapping[str, list[Mapping[str, Any]]],

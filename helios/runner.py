@@ -57,7 +57,7 @@ PIPELINE_DEPTH = 2
 DEFER_POLL_S = 0.5
 
 #: Columns of the ``cells`` table that depend on timing, caching order or the machine.
-VOLATILE_COLUMNS = ("sim_s", "placement_s", "placement_cache", "host", "git_sha")
+VOLATILE_COLUMNS = ("sim_s", "placement_s", "placement_cache", "host", "git_sha", "finished_at")
 
 
 def write_parts(sweep_dir: Path, cell_id: str, parts: Sequence[tuple[str, bytes]]) -> None:

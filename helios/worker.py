@@ -161,4 +161,4 @@ def encode_parts(cell_id: str, tables: dict[str, list[dict[str, Any]]],
     from helios.results import encode_part
 
     order = sorted((t for t in tables if tables[t]), key=lambda t: t == "cells")
-    return [(table, encode_part(tables[table], config)) for table in order]
+    return [(table, encode_part(tables[table], config, table)) for table in order]

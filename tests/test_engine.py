@@ -15,7 +15,7 @@ from helios.placement import place
 from helios.sim.engine import Simulation
 from helios.sim.network import LinkMeter, Network
 
-TIMING = ("sim_s", "placement_s", "placement_cache", "host", "git_sha")
+TIMING = ("sim_s", "placement_s", "placement_cache", "host", "git_sha", "finished_at")
 
 
 def simulate(cfg):

@@ -172,7 +172,7 @@ def test_eplb_and_helios_steps_are_faster_than_round_robin_under_skew(topology):
 
 def test_same_config_and_seed_give_identical_rows():
     cfg = config("seed=4")
-    volatile = {"sim_s", "placement_s", "host"}
+    volatile = {"sim_s", "placement_s", "host", "finished_at"}
     a, b = (run_cell(cfg, cache=False).tables for _ in range(2))
     for table in ("cells", "timeseries"):
         frame_a = pd.DataFrame(a[table]).drop(columns=list(volatile), errors="ignore")

@@ -13,7 +13,7 @@ from helios.placement import place
 from helios.sim.engine import Simulation
 from helios.workload import Workload
 
-TIMING = ["sim_s", "placement_s", "placement_cache", "host", "git_sha"]
+TIMING = ["sim_s", "placement_s", "placement_cache", "host", "git_sha", "finished_at"]
 
 
 @st.composite

@@ -154,6 +154,7 @@ def test_preflight_expands_named_and_adhoc_sweeps(tmp_path):
                                                                 ("mine", 1, "tiny")]
     # sweep=<name> only names the results folder; it does not load sweeps/<name>.yaml.
     renamed = preflight(["--multirun", "model=tiny", "seed=0", "sweep=smoke", "topology.k=4",
+                         "sim.max_events=1e12",
                          f"output_dir={tmp_path}"])
     assert [(c.sweep, c.topology.k, c.sim.duration_s) for c in renamed] == [("smoke", 4, 3.0)]
     # The fast multirun composer agrees with a full Hydra composition of each job.
@@ -350,3 +351,43 @@ def test_progress_on_a_non_terminal_is_a_line_per_tenth_not_a_redraw():
     lines = out.getvalue().splitlines()
     assert 9 <= len(lines) <= 11 and lines[-1].startswith("helios sweep: 16/16 cells (100%)")
     assert all("\r" not in line for line in lines)
+
+
+def test_every_reader_sees_every_column_of_a_mixed_sweep(tmp_path):
+    """Parts of cells with different options (scenario fields, serving models) share one
+    schema, so pandas, pyarrow.dataset and DuckDB read every column with no options; the
+    other tables carry the choice columns too."""
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    from helios.cell import run_cell
+    from helios.results import write_cell
+    from tests._configs import TINY, TINY_EP, config
+
+    cfgs = [config("scenario=stationary", base=TINY_EP), config("scenario=bursty", base=TINY_EP),
+            config("scenario=gradual_drift", "strategy=helios_dynamic", base=TINY)]
+    for cfg in cfgs:
+        result = run_cell(cfg, cache=False)
+        write_cell(tmp_path, result.cell_id, result.tables, result.config)
+    cells = tmp_path / "cells"
+    frame = pd.read_parquet(cells)
+    assert len(frame) == 3
+    for key in ("cfg.scenario.burst_rate", "cfg.scenario.period_s", "cfg.serving.dispatch",
+                "cfg.serving.slo_ms" if "cfg.serving.slo_ms" in frame else "cfg.sim.slo_ms",
+                "finished_at", "tpot_p99_ms"):
+        assert key in frame.columns, key
+    assert frame["cfg.scenario.burst_rate"].notna().sum() == 1
+    assert set(ds.dataset(cells).schema.names) == set(frame.columns)
+    schemas = {tuple((f.name, str(f.type)) for f in ds.dataset(p).schema) for p in cells.glob("*.parquet")}
+    assert len(schemas) == 1, [dict(x) for x in schemas]
+    for table in ("timeseries", "events"):
+        if not (tmp_path / table).exists():
+            continue
+        rows = pd.read_parquet(tmp_path / table)
+        assert {"topology", "model", "scenario", "strategy", "seed"} <= set(rows.columns)
+    try:
+        import duckdb
+    except ImportError:
+        return
+    got = duckdb.sql(f"SELECT * FROM read_parquet('{cells}/*.parquet')").df()
+    assert set(got.columns) == set(frame.columns)
