@@ -78,7 +78,8 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], bool]:
         if arg.startswith("-"):
             # Hydra flags that take a value as the next argument.
             skip = arg in ("--config-path", "-cp", "--config-name", "-cn", "--config-dir",
-                           "-cd", "--experimental-rerun", "--package", "-p", "--info", "-i")
+                           "-cd", "--experimental-rerun", "--package", "-p", "--info", "-i",
+                           "--cfg", "-c")
             continue
         overrides.append(arg)
     return overrides, multirun
@@ -368,13 +369,29 @@ def _app(cfg: DictConfig) -> None:
     print(run_one(cell_config(data)), flush=True)  # type: ignore[arg-type]
 
 
+def _comma_list_without_multirun(argv: Sequence[str]) -> None:
+    """A ``key=a,b`` override outside ``--multirun`` sweeps nothing: say so."""
+    overrides, multirun = split_argv(argv)
+    if multirun:
+        return
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        depth = 0
+        for ch in value:
+            depth += ch in "[({" and 1 or (-1 if ch in "])}" else 0)
+            if ch == "," and depth == 0 and not value.startswith(("'", '"')):
+                raise ConfigError(key, value, "one value; a comma list sweeps every value: add "
+                                  "--multirun (or -m)")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Validate the whole command line, then hand it to Hydra."""
     argv = list(sys.argv[1:] if argv is None else argv)
     register_sweeps()
     argv = rewrite_sweep_overrides(argv)
-    if not any(a in ("--help", "-h", "--hydra-help", "--info", "-i") for a in argv):
+    if not any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c") for a in argv):
         try:
+            _comma_list_without_multirun(argv)
             preflight(argv)
         except ConfigError as err:
             print(err.one_line(), file=sys.stderr)

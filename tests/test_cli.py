@@ -88,6 +88,9 @@ BAD_INPUTS = [
     (["*REQUEST", "model=tiny", "scenario.tokens_per_request=1000000000"],
      "scenario.tokens_per_request=1000000000"),
     (["--multirun", "model=tiny", "scenario.rate=100,1e13"], "scenario.rate=10000000000000.0"),
+    # a comma list outside --multirun
+    (["strategy=round_robin,greedy"], "strategy=round_robin,greedy"),
+    (["scenario.rate=100,200"], "scenario.rate=100,200"),
     # integer ranges
     (["seed=9223372036854775808"], "seed=9223372036854775808"),
     (["scenario.popularity_seed=9223372036854775808"], "scenario.popularity_seed=9223372036854775808"),
@@ -183,3 +186,18 @@ def test_an_unreachable_ray_cluster_is_one_line_exit_2_within_the_timeout(how, t
     assert lines == [f"helios: error: cannot reach Ray at {address} within 2 s"], proc.stderr
     assert time.monotonic() - t0 < 60
     assert not (tmp_path / "default" / "cells").exists()
+
+
+@pytest.mark.parametrize("flags", [["--cfg", "job"], ["-c", "job"], ["--cfg", "all", "--resolve"]])
+def test_hydras_cfg_flags_print_the_config_and_run_nothing(flags, tmp_path, capsys):
+    main([*flags, "model=tiny", f"output_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert "name: tiny" in out and "topology:" in out
+    assert not any(tmp_path.iterdir())
+
+
+def test_bench_help_is_usage_not_an_error(capsys):
+    from helios.bench.__main__ import main as bench_main
+
+    assert bench_main(["--help"]) == 0
+    assert "usage: python -m helios.bench" in capsys.readouterr().out
