@@ -139,7 +139,27 @@ def compose(overrides: Sequence[str]) -> dict[str, Any]:
         except Exception as exc:
             raise _first_bad_override(cell_overrides, exc) from exc
     GlobalHydra.instance().clear()
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return resolved(cfg)
+
+
+def resolved(cfg: Any) -> dict[str, Any]:
+    """``cfg`` as plain containers with interpolations resolved; a failing interpolation
+    (``${oc.env:NO_SUCH_VAR}``) is a :class:`ConfigError` naming its key."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "config"
+        try:  # the unresolved text, e.g. ${oc.env:NO_SUCH_VAR}
+            node = cfg
+            for part in key.split("."):
+                node = node._get_node(part)
+            raw = node._value()
+        except Exception:  # noqa: BLE001 - the raw text is a courtesy
+            raw = ""
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(key, raw, f"a value whose interpolation resolves ({message})") from None
 
 
 def _first_bad_override(overrides: Sequence[str], exc: Exception) -> ConfigError:
@@ -181,7 +201,7 @@ def expand(overrides: Sequence[str], multirun: bool,
 def cell_mapping(cfg: DictConfig) -> dict[str, Any]:
     """The resolved cell part (everything but ``hydra``) of a composed config."""
     keys = [k for k in cfg if k != "hydra"]
-    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)  # type: ignore
+    return resolved(OmegaConf.masked_copy(cfg, keys))
 
 
 class JobComposer:
@@ -365,7 +385,7 @@ def _finished_summary(cfg: CellConfig, sweep_dir: Path) -> str | None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name=CONFIG_NAME, version_base="1.3")
 def _app(cfg: DictConfig) -> None:
-    data = OmegaConf.to_container(cfg, resolve=True)
+    data = resolved(cfg)
     print(run_one(cell_config(data)), flush=True)  # type: ignore[arg-type]
 
 

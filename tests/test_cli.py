@@ -88,6 +88,10 @@ BAD_INPUTS = [
     (["*REQUEST", "model=tiny", "scenario.tokens_per_request=1000000000"],
      "scenario.tokens_per_request=1000000000"),
     (["--multirun", "model=tiny", "scenario.rate=100,1e13"], "scenario.rate=10000000000000.0"),
+    # interpolations that do not resolve
+    (["ray.address=${oc.env:HELIOS_NO_SUCH_VAR}"], "ray.address=${oc.env:HELIOS_NO_SUCH_VAR}"),
+    (["--multirun", "model=tiny", "seed=0,1", "ray.address=${oc.env:HELIOS_NO_SUCH_VAR}"],
+     "ray.address=${oc.env:HELIOS_NO_SUCH_VAR}"),
     # a comma list outside --multirun
     (["strategy=round_robin,greedy"], "strategy=round_robin,greedy"),
     (["scenario.rate=100,200"], "scenario.rate=100,200"),
