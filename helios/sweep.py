@@ -309,7 +309,7 @@ def _empty_sweep(task: Sequence[str], params: dict[str, Any]) -> ConfigError:
     return ConfigError("overrides", " ".join(task), "a sweep with at least one cell")
 
 
-def preflight(argv: Sequence[str]) -> list[CellConfig]:
+def preflight(argv: Sequence[str], check_dirs: bool = True) -> list[CellConfig]:
     """Compose and validate every cell of a command line and check its results folders.
 
     Raises
@@ -333,8 +333,35 @@ def preflight(argv: Sequence[str]) -> list[CellConfig]:
                 cells = _compose_sweep(overrides)
         finally:
             GlobalHydra.instance().clear()
-    check_output_dirs(cells)
+    if check_dirs:
+        check_output_dirs(cells)
     return cells
+
+
+DRY_RUN_FLAGS = ("+dry_run=true", "dry_run=true", "++dry_run=true")
+
+
+def dry_run(argv: Sequence[str]) -> None:
+    """Print every cell of a command line with its status and estimated cost; run nothing,
+    write nothing."""
+    from helios.cell import cell_id
+    from helios.preflight import estimate
+    from helios.results import part_is_whole, part_path
+
+    cells = preflight(argv, check_dirs=False)
+    print("cell_id           status   events    memory  strategy  seed  folder")
+    todo = 0
+    for cfg in cells:
+        cid = cell_id(cfg)
+        path = part_path(Path(cfg.output_dir) / cfg.sweep, "cells", cid)
+        status = ("done" if part_is_whole(path, cid) else "damaged") if path.exists() else "to run"
+        status = "to run" if cfg.rerun and status == "done" else status
+        todo += status != "done"
+        events, memory = estimate(cfg)
+        print(f"{cid}  {status:7s}  {events:8.2g}  {memory / 2**30:6.2f}G  {cfg.strategy.name}  "
+              f"{cfg.seed}  {Path(cfg.output_dir) / cfg.sweep}")
+    print(f"helios: dry run: {len(cells)} cells, {todo} to run, {len(cells) - todo} done; "
+          "events and memory are the preflight's upper estimates")
 
 
 def run_one(cfg: CellConfig) -> str:
@@ -409,6 +436,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     register_sweeps()
     argv = rewrite_sweep_overrides(argv)
+    if any(a.lower() in DRY_RUN_FLAGS for a in argv):
+        try:
+            dry_run([a for a in argv if a.lower() not in DRY_RUN_FLAGS])
+        except ConfigError as err:
+            print(err.one_line(), file=sys.stderr)
+            raise SystemExit(2) from None
+        return
     if not any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c") for a in argv):
         try:
             _comma_list_without_multirun(argv)

@@ -205,3 +205,13 @@ def test_bench_help_is_usage_not_an_error(capsys):
 
     assert bench_main(["--help"]) == 0
     assert "usage: python -m helios.bench" in capsys.readouterr().out
+
+
+def test_a_dry_run_lists_every_cell_with_its_status_and_writes_nothing(tmp_path, capsys):
+    main(["--multirun", *FAST, "seed=0,1", "strategy=round_robin,greedy", f"output_dir={tmp_path}",
+          "+dry_run=true"])
+    out = capsys.readouterr().out.splitlines()
+    rows = [line for line in out if line[:16].isalnum() and len(line.split()) >= 6]
+    assert len(rows) == 4 and all(" to run " in row for row in rows)
+    assert out[-1].startswith("helios: dry run: 4 cells, 4 to run, 0 done")
+    assert not any(tmp_path.iterdir())
