@@ -367,15 +367,27 @@ def _notes(summary: pd.DataFrame, comparison: pd.DataFrame, settings: Settings) 
     notes = []
     keys = [*settings.group_by, "strategy"]
     ones = summary[summary["n"] == 1].drop_duplicates(keys)
-    for row in ones.itertuples(index=False):
-        label = " / ".join(str(getattr(row, k, "")) for k in settings.group_by) or "all cells"
-        notes.append(f"{label}, {row.strategy}: one seed only: no confidence interval and no test")
+    for row in ones.to_dict("records"):  # dicts: cfg.* keys are not attribute names
+        label = " / ".join(f"{k.rsplit('.', 1)[-1]}={key_text(row.get(k))}" if k.startswith("cfg.")
+                           else key_text(row.get(k)) for k in settings.group_by) or "all cells"
+        notes.append(f"{label}, {row['strategy']}: one seed only: no confidence interval and no test")
+    if (summary["n"] == 2).any():
+        notes.append("groups with n=2 seeds have wide CIs that rest on two seeds (flagged per row); "
+                     "run at least 3")
     if settings.skipped_metrics:
         notes.append("metrics absent from the cells table, skipped: " + ", ".join(settings.skipped_metrics))
     if settings.test == "wilcoxon" and comparison.get("note", pd.Series(dtype=str)).str.contains(
             "cannot reach").any():
-        notes.append("Wilcoxon signed-rank with fewer than 6 seeds cannot be significant at 0.05 two-sided; "
-                     "run more seeds or use the paired t-test (--test t)")
+        notes.append("Wilcoxon signed-rank with fewer than 6 non-zero paired differences cannot be "
+                     f"significant at {settings.alpha:g} two-sided; run more seeds or use the paired "
+                     "t-test (--test t)")
+    if settings.test == "wilcoxon" and not comparison.empty:
+        for metric, rows in comparison.groupby("metric"):
+            m, n = len(rows), int(rows["n_pairs"].max())
+            if n and 2.0 / 2**n >= settings.alpha / m:
+                notes.append(f"{metric}: no comparison can be significant with {n} seeds and {m} "
+                             f"tests (Holm needs p < {settings.alpha / m:.3g}; Wilcoxon's smallest "
+                             f"two-sided p with {n} pairs is {2.0 / 2**n:.3g})")
     return notes
 
 

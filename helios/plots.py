@@ -54,9 +54,17 @@ def save_png(fig: plt.Figure, path: Path | str, dpi: int = 110) -> Path:
 
 
 def colours(strategies: list[str]) -> dict[str, tuple]:
-    """A fixed colour per strategy name (sorted order into the tab10 cycle)."""
-    cmap = plt.get_cmap("tab10")
-    return {s: cmap(i % 10) for i, s in enumerate(sorted(strategies))}
+    """One colour per strategy name, the same in every figure and every report: the
+    registered strategies have fixed places in the tab20 cycle, other names a place
+    from a stable hash of the name."""
+    import zlib
+
+    from helios.placement import STRATEGIES
+
+    cmap = plt.get_cmap("tab20")
+    known = list(STRATEGIES)
+    place = {s: (known.index(s) if s in known else zlib.crc32(s.encode())) % 20 for s in strategies}
+    return {s: cmap(i) for s, i in place.items()}
 
 
 def group_label(key: dict) -> str:
@@ -166,9 +174,11 @@ def latency_cdf(cells: pd.DataFrame, requests: pd.DataFrame | None, group_by: tu
     groups = list(_groups(cells, group_by))
     fig, axes = _grid(len(groups))
     for ax, (key, sub) in zip(axes, groups):
+        # A group without request rows shows its per-cell percentiles, never an empty panel.
+        group_requests = use_requests and requests["cell_id"].isin(sub["cell_id"]).any()
         for strategy, own in sub.groupby("strategy", sort=True):
             c = colour[strategy]
-            if use_requests:
+            if group_requests:
                 lat = np.sort(requests.loc[requests["cell_id"].isin(own["cell_id"]), "latency_ms"].to_numpy(float))
                 measured = int(own["requests_measured"].sum()) if "requests_measured" in own else len(lat)
                 measured = max(measured, len(lat))

@@ -82,6 +82,14 @@ def describe(values: Sequence[float], confidence: float = 0.95, method: str = "t
             notes.append("one seed: no CI")
         else:
             row["ci_low"], row["ci_high"] = mean_ci(x, confidence, method, rng)
+            if row["ci_low"] < 0 <= x.min() and x.min() > 0:
+                # A positive quantity (a latency) gets no interval below zero: the t
+                # interval of log(x), mapped back (a geometric-mean interval).
+                row["ci_low"], row["ci_high"] = (float(v) for v in np.exp(
+                    mean_ci(np.log(x), confidence, "t", rng)))
+                notes.append("CI on the log scale (the t interval fell below zero)")
+            if len(x) == 2:
+                notes.append("n=2: the CI rests on two seeds")
     row["note"] = "; ".join(notes)
     return row
 

@@ -139,7 +139,29 @@ def test_wilcoxon_pvalues_match_scipy_and_small_n_is_flagged(cells: pd.DataFrame
     # n = 5: the exact two-sided minimum is 2/32 = 0.0625, so it can never be significant.
     assert comp["p_value"] == pytest.approx(0.0625)
     assert "cannot reach" in comp["note"] and comp["verdict"] == "n.s."
-    assert any("fewer than 6 seeds" in n for n in result.notes)
+    assert any("fewer than 6 non-zero paired differences" in n for n in result.notes)
+    # with 5 seeds and this many tests, Holm makes every comparison impossible: said once
+    assert any(n.startswith("p99_ms: no comparison can be significant with 5 seeds") for n in result.notes)
+
+
+def test_latency_cis_never_go_below_zero_and_two_seeds_are_flagged() -> None:
+    from helios.stats import describe
+
+    row = describe([0.5, 9.5])  # the t interval of these two is [-53, 63]
+    assert 0 < row["ci_low"] < row["mean"] < row["ci_high"]
+    assert "log scale" in row["note"] and "n=2" in row["note"]
+    row = describe([-1.0, 3.0])  # not a positive quantity: the plain t interval stays
+    assert row["ci_low"] < 0
+
+
+def test_each_strategy_keeps_its_colour_whatever_else_is_plotted() -> None:
+    from helios import plots
+
+    one = plots.colours(["eplb", "round_robin"])
+    two = plots.colours(["greedy", "helios_static", "round_robin", "eplb", "my_new_strategy"])
+    assert one["eplb"] == two["eplb"] and one["round_robin"] == two["round_robin"]
+    assert len({two[s] for s in ("greedy", "helios_static", "round_robin", "eplb")}) == 4
+    assert plots.colours(["my_new_strategy"]) == {"my_new_strategy": two["my_new_strategy"]}
 
 
 def test_one_seed_group_has_no_ci_and_an_explicit_note(synthetic: Path, cells: pd.DataFrame, tmp_path: Path,
