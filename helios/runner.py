@@ -170,6 +170,13 @@ class SweepReport:
         return out
 
 
+def missing_requests(cfg: CellConfig, sweep_dir: Path, cell_id: str) -> bool:
+    """Whether ``record.requests`` asks for a requests table a finished cell lacks."""
+    from helios.results import part_path
+
+    return bool(cfg.record.requests) and not part_path(sweep_dir, "requests", cell_id).exists()
+
+
 def default_num_workers() -> int:
     """One worker per CPU of the Ray cluster this process is connected to."""
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -198,6 +205,8 @@ def plan(cells: Sequence[CellConfig], labels: Sequence[str] | None = None
             for path in damaged:
                 print(f"helios: damaged part {path}: its cell runs again", file=sys.stderr)
         finished = cell.cell_id in done_by_dir[cell.sweep_dir] and not cfg.rerun
+        if finished and missing_requests(cfg, cell.sweep_dir, cell.cell_id):
+            finished = False  # record.requests=true on a cell run without it: run it to record
         (done if finished else todo).append(cell)
     return todo, done, dupes
 

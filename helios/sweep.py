@@ -398,7 +398,9 @@ def _finished_summary(cfg: CellConfig, sweep_dir: Path) -> str | None:
 
     cid = cell_id(cfg)
     path = part_path(sweep_dir, "cells", cid)
-    if cfg.rerun or not path.exists():
+    from helios.runner import missing_requests
+
+    if cfg.rerun or not path.exists() or missing_requests(cfg, sweep_dir, cid):
         return None
     if not part_is_whole(path, cid):
         print(f"helios: damaged part {path}: its cell runs again", file=sys.stderr)

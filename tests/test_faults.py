@@ -522,3 +522,11 @@ def test_ctrl_c_and_sigterm_stop_with_one_line_and_leave_no_ray_process(signame,
     time.sleep(1.0)
     with pytest.raises(ProcessLookupError):  # raylet, GCS and workers are gone with it
         os.killpg(proc.pid, 0)
+
+
+def test_asking_for_the_requests_table_reruns_a_cell_that_lacks_it(tmp_path):
+    args = ["+sweep=smoke", "strategy=round_robin", f"output_dir={tmp_path}"]
+    main(args)
+    assert not (tmp_path / "smoke" / "requests").exists()
+    main([*args, "record.requests=true"])
+    assert list((tmp_path / "smoke" / "requests").glob("part-*.parquet"))
