@@ -215,3 +215,25 @@ def test_a_dry_run_lists_every_cell_with_its_status_and_writes_nothing(tmp_path,
     assert len(rows) == 4 and all(" to run " in row for row in rows)
     assert out[-1].startswith("helios: dry run: 4 cells, 4 to run, 0 done")
     assert not any(tmp_path.iterdir())
+
+
+def test_help_is_helios_text_and_its_key_lines_match_the_config_help(tmp_path):
+    import dataclasses
+
+    from helios import config as c
+
+    proc = _run(["--help"], tmp_path)
+    assert proc.returncode == 0 and "helios: which expert placement" in proc.stdout
+    assert "+sweep=<name>" in proc.stdout and "strategy: " in proc.stdout
+    keys = [line.strip() for line in proc.stdout.split("== Key settings ==")[1].split("\n\n")[0].splitlines()
+            if line.strip() and not line.strip().startswith("+")]
+    assert len(keys) >= 10
+    for line in keys:
+        key, _, text = line.partition(": ")
+        obj = c.CellConfig()
+        *parents, name = key.split(".")
+        for part in parents:
+            obj = getattr(obj, part)
+        field = {f.name: f for f in dataclasses.fields(obj)}[name]
+        assert field.metadata["help"] == text, key
+    assert not any(tmp_path.iterdir())
