@@ -375,3 +375,31 @@ def test_regret_is_the_paired_change_against_the_bound_next_to_the_baselines(syn
     assert "regret vs greedy" in table.splitlines()[0] and "| bound |" in table
     with pytest.raises(ConfigError):
         analyse(synthetic, regret="nope")
+
+
+def test_a_group_without_request_rows_still_gets_its_percentile_curve(tmp_path: Path) -> None:
+    """No empty CDF panel: a group whose cells wrote no requests table shows its per-cell
+    percentiles, next to a group drawn from its requests."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from helios import plots
+
+    cells = pd.DataFrame([_row(t, "stationary", "round_robin", 0, 5.0, requests_measured=3)
+                          for t in ("fat_tree", "dragonfly")])
+    requests = pd.DataFrame({"cell_id": [cells.cell_id[0]] * 3, "latency_ms": [1.0, 2.0, 3.0],
+                             "arrival_s": [0.1, 0.1, 0.1]})
+    drawn = {}
+    original = plots.save_png
+
+    def keep(fig, path):
+        drawn["lines"] = [sum(len(line.get_xdata()) > 0 for line in ax.get_lines())
+                          for ax in fig.axes if ax.get_visible() and ax.has_data()]
+        return original(fig, path)
+
+    plots.save_png = keep
+    try:
+        plots.latency_cdf(cells, requests, ("topology",), tmp_path / "cdf.png")
+    finally:
+        plots.save_png = original
+    assert drawn["lines"] == [1, 1]
