@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -279,7 +281,13 @@ def _compose_sweep(overrides: list[str]) -> list[CellConfig]:
         raise _empty_sweep(task, params or {})
     composer = JobComposer(load, GlobalHydra.instance().config_loader().repository.group_exists)
     cells = []
+    by_rest: dict[tuple[str, ...], CellConfig] = {}  # cells that differ only by their seed
     for job in jobs:
+        seed = [o for o in job if re.fullmatch(r"seed=\d+", o)]
+        rest = tuple(o for o in job if o not in seed)
+        if len(seed) == 1 and rest in by_rest:
+            cells.append(with_seed(by_rest[rest], seed[0]))
+            continue
         try:
             composed = composer.compose(job)
         except ConfigError:
@@ -287,7 +295,20 @@ def _compose_sweep(overrides: list[str]) -> list[CellConfig]:
         except Exception as exc:
             raise _first_bad_override(job, exc) from exc
         cells.append(cell_config(cell_mapping(composed)))
+        if len(seed) == 1:
+            by_rest[rest] = cells[-1]
     return cells
+
+
+def with_seed(cell: CellConfig, override: str) -> CellConfig:
+    """``cell`` with the seed of ``seed=<n>``, range-checked as ``cell_config`` would: no
+    other check depends on the seed, so a sweep validates each seed-free cell once."""
+    from helios.config import _check_range
+
+    value = int(override.partition("=")[2])
+    meta = {f.name: f.metadata for f in dataclasses.fields(CellConfig)}["seed"]
+    _check_range(value, meta, "seed", value)
+    return dataclasses.replace(cell, seed=value)
 
 
 def _empty_sweep(task: Sequence[str], params: dict[str, Any]) -> ConfigError:

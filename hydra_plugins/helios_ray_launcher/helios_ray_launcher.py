@@ -20,6 +20,7 @@ so this module imports nothing heavy (Ray, the simulator) until a launch.
 # before registering it in sys.modules, and dataclasses cannot resolve string annotations then.
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -96,7 +97,7 @@ class HeliosRayLauncher(Launcher):
         """
         from helios.config import cell_config
         from helios.errors import ConfigError
-        from helios.sweep import JobComposer, cell_mapping
+        from helios.sweep import JobComposer, cell_mapping, with_seed
 
         assert self.hydra_context is not None and self.config is not None
         if self._composer is None:
@@ -107,6 +108,17 @@ class HeliosRayLauncher(Launcher):
         out = []
         for overrides in job_overrides:
             key = tuple(overrides)
+            seed = [o for o in key if re.fullmatch(r"seed=\d+", o)]
+            rest = ("seedless", *(o for o in key if o not in seed))
+            if key not in self._jobs and len(seed) == 1 and rest in self._jobs:
+                # Only the seed differs from a composed job: no second composition (the
+                # shared Hydra config is what Hydra would compose but for the seed).
+                base_config, base_cell = self._jobs[rest]
+                try:
+                    self._jobs[key] = (base_config, with_seed(base_cell, seed[0]))
+                except ConfigError as err:
+                    print(err.one_line(), file=sys.stderr)
+                    raise SystemExit(2) from None
             if key not in self._jobs:
                 sweep_config = self._composer.compose(list(overrides))
                 try:
@@ -115,16 +127,18 @@ class HeliosRayLauncher(Launcher):
                     print(err.one_line(), file=sys.stderr)
                     raise SystemExit(2) from None
                 self._jobs[key] = (sweep_config, cell)
+                if len(seed) == 1:
+                    self._jobs.setdefault(rest, (sweep_config, cell))
             out.append(self._jobs[key])
         return out
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
                ) -> Sequence[JobReturn]:
         from helios.cell import cell_id
+        from helios.config import to_dict
         from helios.errors import StorageError
         from helios.runner import Interrupted, run_sweep
         from helios.worker import RayUnreachable
-        from helios.sweep import cell_mapping
 
         setup_globals()
         assert self.config is not None
@@ -158,7 +172,7 @@ class HeliosRayLauncher(Launcher):
                 sweep_config.hydra.job.num = initial_job_idx + idx
             cid = cell_id(cell)
             ret = JobReturn(overrides=list(overrides),
-                            cfg=OmegaConf.create(cell_mapping(sweep_config)),
+                            cfg=OmegaConf.create(to_dict(cell)),
                             hydra_cfg=sweep_config, working_dir=os.getcwd(),
                             task_name=str(sweep_config.hydra.job.name))
             if cid in report.failed:
