@@ -66,8 +66,6 @@ class Mixture(Scenario):
     seeded as the base.
     """
 
-    profiles: int = 2
-
     def __init__(self, cfg: ScenarioConfig, num_experts: int, layers: int,
                  rng: np.random.Generator) -> None:
         super().__init__(cfg, num_experts, layers, rng)
@@ -79,8 +77,8 @@ class Mixture(Scenario):
         self._cache: dict[bytes, np.ndarray] = {}
 
     def count(self) -> int:
-        """Number of profiles."""
-        return self.profiles
+        """Number of profiles (two, unless a subclass says otherwise)."""
+        return 2
 
     def weights(self, t: float) -> np.ndarray:
         """Mixture weights at ``t``, shape (K,), summing to 1."""

@@ -283,10 +283,9 @@ def _compose_sweep(overrides: list[str]) -> list[CellConfig]:
     cells = []
     by_rest: dict[tuple[str, ...], CellConfig] = {}  # cells that differ only by their seed
     for job in jobs:
-        seed = [o for o in job if re.fullmatch(r"seed=\d+", o)]
-        rest = tuple(o for o in job if o not in seed)
-        if len(seed) == 1 and rest in by_rest:
-            cells.append(with_seed(by_rest[rest], seed[0]))
+        seed, rest = split_seed(job)
+        if seed is not None and rest in by_rest:
+            cells.append(with_seed(by_rest[rest], seed))
             continue
         try:
             composed = composer.compose(job)
@@ -295,9 +294,17 @@ def _compose_sweep(overrides: list[str]) -> list[CellConfig]:
         except Exception as exc:
             raise _first_bad_override(job, exc) from exc
         cells.append(cell_config(cell_mapping(composed)))
-        if len(seed) == 1:
+        if seed is not None:
             by_rest[rest] = cells[-1]
     return cells
+
+
+def split_seed(overrides: Sequence[str]) -> tuple[str | None, tuple[str, ...]]:
+    """``(the one "seed=<n>" override or None, the other overrides)`` of a job: jobs with the
+    same other overrides differ only by their seed."""
+    seeds = [o for o in overrides if re.fullmatch(r"seed=\d+", o)]
+    rest = tuple(o for o in overrides if o not in seeds)
+    return (seeds[0] if len(seeds) == 1 else None), rest
 
 
 def with_seed(cell: CellConfig, override: str) -> CellConfig:

@@ -35,6 +35,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from helios.placement.base import Placement
+
 __all__ = ["gpu_loads", "held_matrix", "moves_between", "relabel_min_moves", "repair_min_moves"]
 
 
@@ -99,11 +101,9 @@ def relabel_min_moves(current: list[list[int]], target: list[list[int]], num_gpu
 
 
 def gpu_loads(replicas: list[list[int]], load: np.ndarray, num_gpus: int) -> np.ndarray:
-    """Per-GPU load of one layer when every expert's load splits evenly over its copies."""
-    out = np.zeros(num_gpus)
-    for expert, gpus in enumerate(replicas):
-        out[gpus] += load[expert] / len(gpus)
-    return out
+    """Per-GPU load of one layer when every expert's load splits evenly over its copies
+    (:meth:`Placement.gpu_load` of that layer)."""
+    return Placement([replicas], num_gpus).gpu_load(np.asarray(load, dtype=float)[None])[0]
 
 
 def repair_min_moves(current: list[list[int]], target: list[list[int]], load: np.ndarray,

@@ -20,7 +20,6 @@ so this module imports nothing heavy (Ray, the simulator) until a launch.
 # before registering it in sys.modules, and dataclasses cannot resolve string annotations then.
 import logging
 import os
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,6 +81,7 @@ class HeliosRayLauncher(Launcher):
         self.task_function: TaskFunction | None = None
         self._composer: Any = None
         self._jobs: dict[tuple[str, ...], tuple[DictConfig, Any]] = {}
+        self._seedless: dict[tuple[str, ...], tuple[DictConfig, Any]] = {}  # by split_seed's rest
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -95,9 +95,7 @@ class HeliosRayLauncher(Launcher):
         A job that does not validate prints the one-line config error and exits 2,
         before any cell runs.
         """
-        from helios.config import cell_config
-        from helios.errors import ConfigError
-        from helios.sweep import JobComposer, cell_mapping, with_seed
+        from helios.sweep import JobComposer
 
         assert self.hydra_context is not None and self.config is not None
         if self._composer is None:
@@ -108,29 +106,32 @@ class HeliosRayLauncher(Launcher):
         out = []
         for overrides in job_overrides:
             key = tuple(overrides)
-            seed = [o for o in key if re.fullmatch(r"seed=\d+", o)]
-            rest = ("seedless", *(o for o in key if o not in seed))
-            if key not in self._jobs and len(seed) == 1 and rest in self._jobs:
-                # Only the seed differs from a composed job: no second composition (the
-                # shared Hydra config is what Hydra would compose but for the seed).
-                base_config, base_cell = self._jobs[rest]
-                try:
-                    self._jobs[key] = (base_config, with_seed(base_cell, seed[0]))
-                except ConfigError as err:
-                    print(err.one_line(), file=sys.stderr)
-                    raise SystemExit(2) from None
             if key not in self._jobs:
-                sweep_config = self._composer.compose(list(overrides))
-                try:
-                    cell = cell_config(cell_mapping(sweep_config))
-                except ConfigError as err:
-                    print(err.one_line(), file=sys.stderr)
-                    raise SystemExit(2) from None
-                self._jobs[key] = (sweep_config, cell)
-                if len(seed) == 1:
-                    self._jobs.setdefault(rest, (sweep_config, cell))
+                self._jobs[key] = self._compose_job(key)
             out.append(self._jobs[key])
         return out
+
+    def _compose_job(self, overrides: tuple[str, ...]) -> tuple[DictConfig, Any]:
+        """One job's (hydra config, CellConfig). A job that differs from a composed one only
+        by its seed shares that one's Hydra config (what Hydra would compose but for the
+        seed) and is not composed again."""
+        from helios.config import cell_config
+        from helios.errors import ConfigError
+        from helios.sweep import cell_mapping, split_seed, with_seed
+
+        seed, rest = split_seed(overrides)
+        try:
+            if seed is not None and rest in self._seedless:
+                base_config, base_cell = self._seedless[rest]
+                return base_config, with_seed(base_cell, seed)
+            sweep_config = self._composer.compose(list(overrides))
+            job = (sweep_config, cell_config(cell_mapping(sweep_config)))
+        except ConfigError as err:
+            print(err.one_line(), file=sys.stderr)
+            raise SystemExit(2) from None
+        if seed is not None:
+            self._seedless.setdefault(rest, job)
+        return job
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
                ) -> Sequence[JobReturn]:

@@ -44,6 +44,7 @@ request model's adaptation events; ``replicas_added``, ``replicas_evicted``,
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,10 +110,15 @@ class EpAdapter:
         self.events: list[dict[str, Any]] = []
         self.replicas_added = self.replicas_evicted = self.rebalances = 0
         self.replication_bytes = self.pause_s = 0.0
-        cl = sim.cluster
-        nbytes, chunk = ctx.spec.expert_bytes, cfg.sim.chunk_kib * 1024
-        self.copy_time = np.array([[cl.transfer_time(s, d, nbytes, chunk) if s != d else 0.0
-                                    for d in range(cl.num_gpus)] for s in range(cl.num_gpus)])
+
+    @functools.cached_property
+    def copy_time(self) -> np.ndarray:
+        """Unloaded seconds to copy one expert from GPU ``s`` to ``d``, shape (G, G); built on
+        the first copy (the oracle never copies)."""
+        cl = self.sim.cluster
+        nbytes, chunk = self.ctx.spec.expert_bytes, self.cell_cfg.sim.chunk_kib * 1024
+        return np.array([[cl.transfer_time(s, d, nbytes, chunk) if s != d else 0.0
+                          for d in range(cl.num_gpus)] for s in range(cl.num_gpus)])
 
     # ------------------------------------------------------------------ engine hooks
     def after_step(self, end_s: float, counts: np.ndarray) -> None:
@@ -222,19 +228,20 @@ class EpAdapter:
             return
         since = max(self._last_boundary, self._accrue_from)
         allowance = np.inf if self.budget is None else self.budget * max(now - since, 0.0)
-        src, dst, size, sent = [], [], [], []
+        size, sent = [], []
         while self.unsent and allowance > 0:
             copy = self.unsent[0]
             piece = min(copy.left, allowance)
             allowance -= piece
             copy.left -= piece
-            src.append(copy.src), dst.append(copy.dst), size.append(piece), sent.append(copy)
+            size.append(piece)
+            sent.append(copy)
             if copy.left <= 0:
                 self.unsent.popleft()
         if not size:
             return
         graph = TaskGraph()
-        graph.message(src, dst, size, now)
+        graph.message([c.src for c in sent], [c.dst for c in sent], size, now)
         finish = self.sim.links.run(graph.arrays())
         released = float(np.sum(size))
         self.replication_bytes += released
