@@ -24,10 +24,12 @@ GPUs and links; the layers are solved in turn, each against the others' current 
 (``gpu_bg``, ``link_bg``: block coordinate descent on the joint objective, one pass
 after a sequential warm start).
 
-The time limit ``time_limit_s`` covers the whole placement (starts, builds, solves);
-each layer's solve gets the remaining time over the layers left. Solves stopped by
-the time limit depend on the machine's speed; proven ones do not (one thread, fixed
-seed).
+The time limit ``time_limit_s`` covers the whole placement (starts, builds, solves):
+first every layer gets its greedy start (step 2 with equal shares), the fallback that
+ships where time runs out; then each layer's improvement gets the remaining time over
+the layers left. Only the greedy starts themselves may run past a limit too small for
+them. Solves stopped by the time limit depend on the machine's speed; proven ones do
+not (one thread, fixed seed).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from helios.placement.loadaware import (expert_busy_seconds, hop_costs, link_coe
                                         replica_counts)
 from helios.placement.request_layer import RequestLayer
 
-__all__ = ["LayerSolution", "layer_models", "warm_start", "solve_layer", "solve_placement",
+__all__ = ["LayerSolution", "layer_models", "warm_start", "greedy_solution", "solve_layer", "solve_placement",
            "helios_static", "helios_hops"]
 
 #: Layer outcomes from best to worst; a cell reports its worst layer's.
@@ -172,26 +174,38 @@ def warm_start(model: EpLayer | RequestLayer, copies: int | None = None) -> tupl
     return x, y
 
 
-def solve_layer(model: EpLayer | RequestLayer, time_limit_s: float, mip_gap: float) -> LayerSolution:
+def greedy_solution(model: EpLayer | RequestLayer) -> LayerSolution:
+    """The greedy start with equal shares, unproven: what ships when time runs out."""
+    x, y = warm_start(model)
+    obj = model.evaluate(x.astype(float), y)
+    return LayerSolution(x.astype(float), y, obj, obj, -math.inf, "start")
+
+
+def solve_layer(model: EpLayer | RequestLayer, time_limit_s: float, mip_gap: float,
+                greedy: LayerSolution | None = None) -> LayerSolution:
     """Warm starts, their optimal shares, then the MILP from the best (module doc).
 
     No solver runs when the best start is already within ``mip_gap`` of the model's
-    own lower bound (``proven_by="bound"``).
+    own lower bound (``proven_by="bound"``). ``greedy``, the layer's
+    :func:`greedy_solution` if already computed, saves recomputing the start of the
+    full copy budget.
     """
     t0 = time.perf_counter()
     deadline = t0 + time_limit_s
-    if time_limit_s <= 0:  # out of time: the greedy start with equal shares, unproven
-        x0, y0 = warm_start(model)
-        obj = model.evaluate(x0.astype(float), y0)
-        return LayerSolution(x0.astype(float), y0, obj, obj, -math.inf, "start")
+    if time_limit_s <= 0:
+        return greedy if greedy is not None else greedy_solution(model)
     m, v, aux = model.build()
     floor = model.lower_bound()
     build_s = time.perf_counter() - t0
-    best = None
+    # the greedy start is the floor: a layer's time may run out before its own total
+    best = None if greedy is None else (greedy.objective, greedy.x, greedy.y)
     for total in copy_totals(model):
         if best is not None and time.perf_counter() >= deadline:
             break
-        x0, y0 = warm_start(model, total)
+        if greedy is not None and total == model.copies:
+            x0, y0 = greedy.x > 0.5, greedy.y
+        else:
+            x0, y0 = warm_start(model, total)
         shares = m.solve(None, max(deadline - time.perf_counter(), 1e-3), 0.0, relax=True,
                          fix=(v.x.ravel(), x0.ravel().astype(float)))
         if shares.values is not None:
@@ -237,29 +251,36 @@ def solve_placement(ctx: PlacementContext, metric: str) -> Placement:
     t0 = time.perf_counter()
     deadline = t0 + cfg.time_limit_s
     models = layer_models(ctx, metric)
-    solutions: list[LayerSolution | None] = [None] * len(models)
     if ctx.serving == "request":
-        _sequential_starts(models, solutions)
+        solutions = _sequential_starts(models)
+    else:
+        solutions = [greedy_solution(model) for model in models]
     start_s = 0.0  # the most a layer took to get its start ready so far
     for l, model in enumerate(models):
         if ctx.serving == "request":
             _set_background(models, solutions, l)
         left = max(deadline - time.perf_counter(), 0.0) / (len(models) - l)
-        # Too little time left for a layer's full start: the greedy start alone (cheaper).
-        solutions[l] = solve_layer(model, left if left > start_s else 0.0, cfg.mip_gap)
+        if left <= start_s:  # too little time for a layer's full start: keep its greedy one
+            if ctx.serving == "request":  # its objective against the current background
+                sol = solutions[l]
+                sol.objective = sol.start_objective = model.evaluate(sol.x, sol.y)
+            continue
+        # the request model's background changed since its sequential start: not reused
+        greedy = solutions[l] if ctx.serving == "ep" else None
+        solutions[l] = solve_layer(model, left, cfg.mip_gap, greedy)
         start_s = max(start_s, solutions[l].start_s)
     return _placement(ctx, models, solutions, time.perf_counter() - t0)
 
 
-def _sequential_starts(models: list[Any], solutions: list[LayerSolution | None]) -> None:
-    """Request model: warm starts layer by layer, each seeing the earlier layers' load."""
+def _sequential_starts(models: list[Any]) -> list[LayerSolution]:
+    """Request model: greedy starts layer by layer, each seeing the earlier layers' load."""
     gpu_bg, link_bg = np.zeros_like(models[0].gpu_bg), np.zeros_like(models[0].link_bg)
-    for l, model in enumerate(models):
+    solutions = []
+    for model in models:
         model.gpu_bg, model.link_bg = gpu_bg.copy(), link_bg.copy()
-        x, y = warm_start(model)
-        obj = model.evaluate(x.astype(float), y)
-        solutions[l] = LayerSolution(x.astype(float), y, obj, obj, -math.inf, "start")
-        gpu_bg, link_bg = model.utilisation(y)
+        solutions.append(greedy_solution(model))
+        gpu_bg, link_bg = model.utilisation(solutions[-1].y)
+    return solutions
 
 
 def _set_background(models: list[Any], solutions: list[Any], layer: int) -> None:
@@ -277,16 +298,13 @@ def _placement(ctx: PlacementContext, models: list[Any], solutions: list[LayerSo
                seconds: float) -> Placement:
     replicas, shares = [], []
     for sol in solutions:
-        layer_r, layer_s = [], []
-        for e in range(sol.x.shape[0]):
-            # a copy the solution gives no tokens is not worth its memory
-            gpus = np.flatnonzero((sol.x[e] > 0.5) & (sol.y[e] > 1e-9))
-            order = sorted(gpus.tolist(), key=lambda g: (-sol.y[e, g], g))
-            layer_r.append([int(g) for g in order])
-            total = float(sol.y[e, order].sum())
-            layer_s.append([float(sol.y[e, g]) / total for g in order])
-        replicas.append(layer_r)
-        shares.append(layer_s)
+        # a copy the solution gives no tokens is not worth its memory
+        y = np.where((sol.x > 0.5) & (sol.y > 1e-9), sol.y, 0.0)
+        order = np.argsort(-y, axis=1, kind="stable")  # largest share first, ties to the lower GPU
+        kept = np.count_nonzero(y, axis=1)
+        ranked = np.take_along_axis(y, order, axis=1) / y.sum(axis=1, keepdims=True)
+        replicas.append([row[:k] for row, k in zip(order.tolist(), kept.tolist())])
+        shares.append([row[:k] for row, k in zip(ranked.tolist(), kept.tolist())])
     status = max((s.status for s in solutions), key=STATUS_ORDER.index)
     objective = sum(s.objective for s in solutions)
     bound = sum(s.bound for s in solutions)

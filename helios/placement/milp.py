@@ -118,8 +118,7 @@ class Milp:
             lp.integrality_ = [highspy.HighsVarType(int(v)) for v in integer]
         h = highspy.Highs()
         for name, value in (("output_flag", False), ("threads", 1), ("random_seed", 0),
-                            ("time_limit", float(time_limit_s)), ("mip_rel_gap", float(mip_gap)),
-                            ("presolve", "on")):
+                            ("mip_rel_gap", float(mip_gap)), ("presolve", "on")):
             h.setOptionValue(name, value)
         h.passModel(lp)
         if start is not None and not relax:
@@ -127,6 +126,8 @@ class Milp:
             sol.col_value = np.asarray(start, dtype=float).tolist()
             sol.value_valid = True
             h.setSolution(sol)
+        # the limit covers building and passing the model too, not only HiGHS's run
+        h.setOptionValue("time_limit", max(time_limit_s - (time.perf_counter() - t0), 1e-3))
         h.run()
         status = h.getModelStatus()
         info = h.getInfo()
