@@ -98,7 +98,8 @@ def prepare(cfg: CellConfig) -> tuple[Any, Any, Workload, PlacementContext]:
     homes = cfg.scenario.home_servers
     workload = Workload(cfg.scenario, spec.num_experts, spec.top_k, cluster.num_gpus,
                         simulated_layers(cfg), cfg.sim.duration_s, cfg.seed,
-                        None if homes is None else homes * cluster.gpus_per_server)
+                        None if homes is None else homes * cluster.gpus_per_server,
+                        cfg.model.routing_gini)
     ep_step = None
     if cfg.serving.name == "ep":
         rate = mean_rate(workload.scenario, cfg.sim.duration_s)

@@ -118,6 +118,8 @@ class ModelConfig:
     num_shared_experts: int = spec(1, "shared experts run by every token on its own rank", ge=0)
     vocab_size: int = spec(129280, "vocabulary (LM head) size", ge=1)
     dense_param_bytes: float = spec(1.0, "bytes per attention/dense weight", gt=0)
+    routing_gini: float = spec(
+        0.25, "measured Gini of the per-expert token counts (helios.popularity)", ge=0, lt=1)
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,13 @@ class ScenarioConfig:
     token_distribution: str = spec(
         "fixed", "tokens per request", choices=("fixed", "poisson", "geometric")
     )
-    zipf_s: float = spec(1.0, "Zipf exponent of expert popularity (0 = uniform)", ge=0)
+    popularity: str = spec(
+        "measured", "expert popularity: calibrated to measured routing skew, or Zipf(zipf_s)",
+        choices=("measured", "zipf"))
+    gini: typing.Optional[float] = spec(
+        None, "popularity=measured: Gini of per-expert token counts; None = model.routing_gini",
+        ge=0, lt=1)
+    zipf_s: float = spec(1.0, "popularity=zipf: Zipf exponent (0 = uniform)", ge=0)
     popularity_seed: typing.Optional[int] = spec(
         0, "seed of the hot-expert permutation; None = the cell seed", ge=0, lt=2**63)
     home_servers: typing.Optional[int] = spec(
@@ -549,6 +557,7 @@ def check_consistency(cfg: CellConfig) -> None:
     if sim.layers is not None and sim.layers > model.num_moe_layers:
         raise ConfigError("sim.layers", sim.layers,
                           f"at most model.num_moe_layers ({model.num_moe_layers})")
+    _check_popularity(cfg)
     cfg.scenario.validate(cfg)
     homes = cfg.scenario.home_servers
     if homes is not None:
@@ -587,6 +596,21 @@ def check_consistency(cfg: CellConfig) -> None:
                               "a strategy of serving=request (this one runs with serving=ep; "
                               "the request model's dynamic strategies: "
                               + ", ".join(sorted(CONTROLLERS)) + ")")
+
+
+def _check_popularity(cfg: CellConfig) -> None:
+    """A measured-skew target that top-k gating can reach."""
+    from helios.popularity import max_gini
+
+    scenario, model = cfg.scenario, cfg.model
+    if scenario.popularity != "measured":
+        return
+    ceiling = max_gini(model.num_experts, model.top_k)
+    key, target = (("model.routing_gini", model.routing_gini) if scenario.gini is None
+                   else ("scenario.gini", scenario.gini))
+    if target >= ceiling:
+        raise ConfigError(key, target, f"below 1 - model.top_k/model.num_experts = {ceiling:.4g} "
+                                       "(the Gini when every token picks the same experts)")
 
 
 def _check_ep(cfg: CellConfig) -> None:

@@ -6,8 +6,8 @@ per-task expert activation in MoE translation and language models, and sparse,
 task-dependent hot sets), and the mix of a service's request types changes through
 the day (Azure's LLM inference traces, Patel et al. 2024, keep coding and
 conversation services apart because their load and shapes differ and vary over
-time). A *profile* here is one request type's popularity: Zipf(``zipf_s``) over its own
-permutation of the experts (per layer, from the popularity stream). At time ``t`` a
+time). A *profile* here is one request type's popularity: the scenario's popularity shape
+(:mod:`helios.popularity`) over its own permutation of the experts (per layer, from the popularity stream). At time ``t`` a
 token's experts are drawn from ``sum_k w_k(t) p_k``.
 
 * ``domain_shift``: ``domains`` profiles (e.g. code, math, chat); one dominates at a
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from helios.config import SCENARIOS, ScenarioConfig, spec
-from helios.workload import SCENARIO_CLASSES, Scenario, zipf_popularity
+from helios.workload import SCENARIO_CLASSES, Profile, Scenario
 
 
 @dataclass(frozen=True)
@@ -67,12 +67,12 @@ class Mixture(Scenario):
     """
 
     def __init__(self, cfg: ScenarioConfig, num_experts: int, layers: int,
-                 rng: np.random.Generator) -> None:
-        super().__init__(cfg, num_experts, layers, rng)
+                 rng: np.random.Generator, profile: Profile | None = None) -> None:
+        super().__init__(cfg, num_experts, layers, rng, profile)
         extra = [[rng.permutation(num_experts) for _ in range(layers)]
                  for _ in range(self.count() - 1)]
         self.profile_popularity = np.stack(
-            [self._base] + [np.array([zipf_popularity(num_experts, cfg.zipf_s, p) for p in perms])
+            [self._base] + [np.array([self.profile(p) for p in perms])
                             for perms in extra])  # (K, layers, E)
         self._cache: dict[bytes, np.ndarray] = {}
 

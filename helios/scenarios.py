@@ -13,7 +13,7 @@ the registries are complete once any of them has finished importing.
 
 Models (all seeded; see each class):
 
-* ``gradual_drift``: every ``period_s`` the Zipf ranks rotate by ``shift`` places;
+* ``gradual_drift``: every ``period_s`` the popularity ranks rotate by ``shift`` places;
 * ``sudden_shift``: at ``t_shift_s`` each layer's popularity is re-permuted;
 * ``bursty``: the arrival rate alternates between ``rate`` and ``burst_rate``;
 * ``trace``: per-window expert loads replayed from a CSV or Parquet file.
@@ -32,7 +32,7 @@ import numpy as np
 from helios.config import SCENARIOS, ScenarioConfig, spec
 from helios.errors import ConfigError
 from helios.traces import read_sglang, read_vllm, trace_format
-from helios.workload import SCENARIO_CLASSES, Scenario, zipf_popularity
+from helios.workload import SCENARIO_CLASSES, Profile, Scenario
 
 #: Repository root: relative trace paths not found from the working directory are
 #: looked up here, so ``conf/traces/example_trace.csv`` works from any directory.
@@ -47,7 +47,7 @@ MAX_TRACE_CELLS = 1 << 28
 # --------------------------------------------------------------------------- configs
 @dataclass(frozen=True)
 class GradualDriftConfig(ScenarioConfig):
-    """Zipf popularity whose ranks rotate by ``shift`` every ``period_s`` seconds."""
+    """Popularity whose ranks rotate by ``shift`` every ``period_s`` seconds."""
 
     name: str = spec("gradual_drift", "scenario name")
     period_s: float = spec(0.1, "time between two rank rotations, s", gt=0)
@@ -56,7 +56,7 @@ class GradualDriftConfig(ScenarioConfig):
 
 @dataclass(frozen=True)
 class SuddenShiftConfig(ScenarioConfig):
-    """Zipf popularity re-permuted once, at ``t_shift_s``."""
+    """Popularity re-permuted once, at ``t_shift_s``."""
 
     name: str = spec("sudden_shift", "scenario name")
     t_shift_s: float = spec(0.15, "time of the popularity shift, s", ge=0)
@@ -132,7 +132,7 @@ class TraceConfig(ScenarioConfig):
 
 # --------------------------------------------------------------------------- workloads
 class GradualDrift(Scenario):
-    """Every ``period_s`` each expert moves ``shift`` Zipf ranks down (mod E).
+    """Every ``period_s`` each expert moves ``shift`` popularity ranks down (mod E).
 
     In period ``k`` (``k = floor(t / period_s)``) the expert of rank ``r`` is
     ``permutation[(r - k * shift) mod E]``: the hottest experts cool down one step at
@@ -143,8 +143,8 @@ class GradualDrift(Scenario):
     cfg: GradualDriftConfig
 
     def __init__(self, cfg: GradualDriftConfig, num_experts: int, layers: int,
-                 rng: np.random.Generator) -> None:
-        super().__init__(cfg, num_experts, layers, rng)
+                 rng: np.random.Generator, profile: Profile | None = None) -> None:
+        super().__init__(cfg, num_experts, layers, rng, profile)
         self._cache: dict[int, np.ndarray] = {}
 
     def step(self, t: float) -> int:
@@ -155,8 +155,7 @@ class GradualDrift(Scenario):
         k = (self.step(t) * self.cfg.shift) % self.num_experts
         probs = self._cache.get(k)
         if probs is None:
-            probs = np.array([zipf_popularity(self.num_experts, self.cfg.zipf_s, np.roll(p, k))
-                              for p in self.permutations])
+            probs = np.array([self.profile(np.roll(p, k)) for p in self.permutations])
             probs.setflags(write=False)
             self._cache[k] = probs
         return probs
@@ -173,11 +172,10 @@ class SuddenShift(Scenario):
     cfg: SuddenShiftConfig
 
     def __init__(self, cfg: SuddenShiftConfig, num_experts: int, layers: int,
-                 rng: np.random.Generator) -> None:
-        super().__init__(cfg, num_experts, layers, rng)
+                 rng: np.random.Generator, profile: Profile | None = None) -> None:
+        super().__init__(cfg, num_experts, layers, rng, profile)
         self.shifted_permutations = [rng.permutation(num_experts) for _ in range(layers)]
-        self._shifted = np.array([zipf_popularity(num_experts, cfg.zipf_s, p)
-                                  for p in self.shifted_permutations])
+        self._shifted = np.array([self.profile(p) for p in self.shifted_permutations])
 
     def popularity(self, t: float) -> np.ndarray:
         return self._base if t < self.cfg.t_shift_s else self._shifted
@@ -213,8 +211,8 @@ class TraceReplay(Scenario):
     cfg: TraceConfig
 
     def __init__(self, cfg: TraceConfig, num_experts: int, layers: int,
-                 rng: np.random.Generator) -> None:
-        super().__init__(cfg, num_experts, layers, rng)
+                 rng: np.random.Generator, profile: Profile | None = None) -> None:
+        super().__init__(cfg, num_experts, layers, rng, profile)
         loads = load_trace(cfg.trace_path, cfg.trace_tokens_per_window)
         if loads.shape[1] < layers or loads.shape[2] > num_experts:
             raise ConfigError("scenario.trace_path", cfg.trace_path,

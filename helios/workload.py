@@ -6,8 +6,9 @@ Model:
   use thinning, Lewis and Shedler 1979). A request is a batch of tokens that starts
   on a home GPU drawn uniformly over all GPUs (or over the GPUs of the first
   ``scenario.home_servers`` servers: non-uniform token sources).
-* Every simulated MoE layer has its own expert popularity: Zipf(s) over popularity
-  ranks, ``p_r ~ r^-s``, with the ranks assigned to experts by a random permutation
+* Every simulated MoE layer has its own expert popularity: a profile of
+  :mod:`helios.popularity` (calibrated to measured routing skew by default, or Zipf)
+  over popularity ranks, with the ranks assigned to experts by a random permutation
   per layer.
 * The gate picks, for each token, ``top_k`` *distinct* experts by successive sampling
   without replacement proportional to popularity (:func:`sample_top_k`; equivalent to
@@ -25,12 +26,16 @@ seed otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from helios.config import ScenarioConfig
+from helios.config import ModelConfig, ScenarioConfig
+from helios.popularity import profile_function, zipf_popularity
+
+#: A layer's popularity as a function of its rank permutation (shape (E,) -> (E,)).
+Profile = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -43,17 +48,6 @@ class Request:
     tokens: int
     experts: list[np.ndarray]
     """Per simulated layer, an int array of shape (tokens, top_k) of expert ids."""
-
-
-def zipf_popularity(num_experts: int, s: float, permutation: np.ndarray) -> np.ndarray:
-    """Zipf(s) probabilities over experts; ``permutation[r]`` is the expert of rank r.
-
-    Returns an array of shape (num_experts,) summing to 1.
-    """
-    weights = np.arange(1, num_experts + 1, dtype=float) ** -s
-    probs = np.empty(num_experts)
-    probs[permutation] = weights / weights.sum()
-    return probs
 
 
 def gumbel_top_k(log_probs: np.ndarray, tokens: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -132,16 +126,19 @@ class Scenario:
         Experts per layer and simulated layers.
     rng : numpy.random.Generator
         Stream for the popularity permutations.
+    profile : callable, optional
+        A layer's popularity from its rank permutation (:func:`popularity_profile`);
+        default Zipf(``cfg.zipf_s``).
     """
 
     def __init__(self, cfg: ScenarioConfig, num_experts: int, layers: int,
-                 rng: np.random.Generator) -> None:
+                 rng: np.random.Generator, profile: Profile | None = None) -> None:
         self.cfg = cfg
         self.num_experts = num_experts
         self.layers = layers
+        self.profile = profile or (lambda p: zipf_popularity(num_experts, cfg.zipf_s, p))
         self.permutations = [rng.permutation(num_experts) for _ in range(layers)]
-        self._base = np.array([zipf_popularity(num_experts, cfg.zipf_s, p)
-                               for p in self.permutations])
+        self._base = np.array([self.profile(p) for p in self.permutations])
 
     def rate(self, t: float) -> float:
         """Arrival rate (requests/s) at time ``t``."""
@@ -160,6 +157,14 @@ class Scenario:
 SCENARIO_CLASSES: dict[str, type[Scenario]] = {"stationary": Scenario}
 
 
+def popularity_profile(cfg: ScenarioConfig, num_experts: int, top_k: int,
+                       routing_gini: float) -> Profile:
+    """The profile ``cfg.popularity`` names; ``measured`` targets ``cfg.gini``, or the
+    model's ``routing_gini`` when that is None."""
+    target = routing_gini if cfg.gini is None else cfg.gini
+    return profile_function(cfg.popularity, num_experts, top_k, cfg.zipf_s, target)
+
+
 class Workload:
     """All random draws of one cell, in arrival order.
 
@@ -175,11 +180,16 @@ class Workload:
         Requests arrive in ``[0, duration)``.
     seed : int
         The cell seed.
+    home_gpus : int, optional
+        Requests are homed on the first ``home_gpus`` GPUs (default all).
+    routing_gini : float, optional
+        The model's measured routing skew, used by ``popularity=measured`` when
+        ``scenario.gini`` is None (default: that of the default model config).
     """
 
     def __init__(self, scenario_cfg: ScenarioConfig, num_experts: int, top_k: int,
                  num_gpus: int, layers: int, duration: float, seed: int,
-                 home_gpus: int | None = None) -> None:
+                 home_gpus: int | None = None, routing_gini: float | None = None) -> None:
         self.cfg = scenario_cfg
         self.num_experts, self.top_k = num_experts, top_k
         self.num_gpus, self.layers, self.duration = num_gpus, layers, duration
@@ -191,8 +201,11 @@ class Workload:
         self._gate_rng = np.random.default_rng(gate)
         pop_seed = getattr(scenario_cfg, "popularity_seed", None)
         self._pop_entropy = [seed, 1] if pop_seed is None else [pop_seed, 2]
+        if routing_gini is None:
+            routing_gini = ModelConfig().routing_gini
+        profile = popularity_profile(scenario_cfg, num_experts, top_k, routing_gini)
         self.scenario = SCENARIO_CLASSES[scenario_cfg.name](
-            scenario_cfg, num_experts, layers, np.random.default_rng(self._pop_entropy))
+            scenario_cfg, num_experts, layers, np.random.default_rng(self._pop_entropy), profile)
 
     def tokens(self) -> int:
         """Tokens of the next request (mean ``tokens_per_request``, at least 1)."""

@@ -151,7 +151,7 @@ def test_eplb_and_helios_steps_are_faster_than_round_robin_under_skew(topology):
     # the grouped GEMMs are compute-bound: the busiest GPU paces each layer. The default
     # clusters: EP16 on the fat-tree, 48 GPUs on the dragonfly.
     common = (f"topology={topology}", "model=deepseek_v3", "sim.layers=8",
-              "scenario.zipf_s=1.0", "scenario.rate=400", "serving.prompt_tokens=2048",
+              "scenario.popularity=zipf", "scenario.zipf_s=1.0", "scenario.rate=400", "serving.prompt_tokens=2048",
               "serving.output_tokens=2", "sim.duration_s=0.5", "sim.warmup_s=0.1",
               "sim.drain_s=0.1", "sim.window_s=0.05")
     for seed in (0, 1, 2):

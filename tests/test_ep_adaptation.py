@@ -140,7 +140,7 @@ DRIFT = ("strategy.adaptation.interval_steps=5", "strategy.adaptation.window_ste
 #: enough that placement matters (the busiest GPU ~55% busy under helios_static).
 DRIFT_DSV3 = ("serving=ep", "model=deepseek_v3", "sim.layers=2", "sim.duration_s=0.8",
               "sim.warmup_s=0.2", "sim.window_s=0.05", "sim.drain_s=0.3", "scenario=gradual_drift",
-              "scenario.period_s=0.15")
+              "scenario.period_s=0.15", "scenario.popularity=zipf")  # the adaptation sweep's skew
 RATES = {"fat_tree": 900, "dragonfly": 1500}
 
 

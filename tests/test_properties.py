@@ -66,7 +66,8 @@ def test_conservation_bounds_and_memory(cfg):
     assert (windows >= 0).all() and (windows <= 1 + 1e-9).all()
     # every request takes at least its no-contention time
     replay = Workload(cfg.scenario, spec.num_experts, spec.top_k, cluster.num_gpus,
-                      cfg.sim.layers, cfg.sim.duration_s, cfg.seed)
+                      cfg.sim.layers, cfg.sim.duration_s, cfg.seed,
+                      routing_gini=cfg.model.routing_gini)
     finished = {r.rid: r.latency_ms / 1e3 for r in sim.records}
     gpu_of = placement.primary()
     for req in replay.requests():

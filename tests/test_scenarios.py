@@ -26,7 +26,7 @@ NAMES = ("stationary", "gradual_drift", "sudden_shift", "bursty", "trace", "doma
 
 def workload(cfg, seed=0):
     return Workload(cfg.scenario, cfg.model.num_experts, cfg.model.top_k, 8, cfg.sim.layers,
-                    cfg.sim.duration_s, seed)
+                    cfg.sim.duration_s, seed, routing_gini=cfg.model.routing_gini)
 
 
 def test_every_scenario_is_registered_and_composes():

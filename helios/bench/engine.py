@@ -49,8 +49,10 @@ def bare_callback_rate(n: int = 300_000) -> float:
 #: The large cell: DeepSeek-V3, all 58 MoE layers, on 128 H100 (a k=4 fat-tree of 16 servers
 #: x 8 GPUs, one 400G NIC per GPU), decoding: every rank starts with 256 running requests
 #: (warm start) and new ones arrive at about the rate they finish; EPLB placement and
-#: DeepEP's low-latency (per-expert) dispatch, as DeepSeek decodes; 1 s simulated.
+#: DeepEP's low-latency (per-expert) dispatch, as DeepSeek decodes; 1 s simulated; Zipf(1)
+#: popularity (its README figures were measured with it).
 LARGE_CELL = ("topology=fat_tree", "topology.k=4", "model=deepseek_v3", "serving=ep",
+              "scenario.popularity=zipf",
               "strategy=eplb", "serving.dispatch=per_expert", "scenario.rate=900",
               "serving.prompt_tokens=128", "serving.output_tokens=512",
               "serving.max_running_requests=256", "serving.initial_decode_requests=256",

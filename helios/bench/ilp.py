@@ -25,8 +25,10 @@ from helios.config import cell_config
 from helios.placement import place
 from helios.sweep import compose
 
-#: A decoding load: every rank starts with 256 running requests (warm start).
+#: A decoding load: every rank starts with 256 running requests (warm start). Zipf(1)
+#: popularity, more skewed than the measured default: the harder case for the solver.
 DECODE = ("model=deepseek_v3", "serving=ep", "strategy=helios_static", "serving.dispatch=per_expert",
+          "scenario.popularity=zipf",
           "scenario.rate=900", "serving.prompt_tokens=128", "serving.output_tokens=512",
           "serving.max_running_requests=256", "serving.initial_decode_requests=256",
           "sim.duration_s=1.0", "sim.warmup_s=0.2", "sim.drain_s=0")

@@ -30,7 +30,7 @@ from helios.sim.ep.engine import EpSimulation
 from helios.sim.ep.metrics import ep_cell_metrics
 from helios.sweep import compose
 
-BASE = ("topology=fat_tree", "model=deepseek_v3", "sim.layers=8", "scenario.zipf_s=1.0",
+BASE = ("topology=fat_tree", "model=deepseek_v3", "sim.layers=8", "scenario.popularity=zipf", "scenario.zipf_s=1.0",
         "scenario.rate=400", "serving.prompt_tokens=2048", "serving.output_tokens=2",
         "sim.duration_s=0.5", "sim.warmup_s=0.1", "sim.drain_s=0.1", "sim.window_s=0.05")
 
