@@ -52,6 +52,8 @@ class TopologyConfig:
     nics_per_server: int = spec(1, "400G-class NICs bonded into the server uplink", ge=1)
     nic_per_gpu: bool = spec(False, "each GPU has its own NIC to the access switch "
                                     "(nics_per_server is then ignored)")
+    thin_servers: int = spec(0, "mixed server types: the last N servers have thin_nics NICs", ge=0)
+    thin_nics: int = spec(1, "NICs of a thin server (fewer than a full server's)", ge=1)
     nvlink_gbyte_s: float = spec(450.0, "NVLink bandwidth per GPU per direction, GB/s", gt=0)
     nic_gbit_s: float = spec(400.0, "bandwidth of one NIC per direction, Gb/s", gt=0)
     nvlink_latency_us: float = spec(0.5, "GPU<->NVSwitch hop latency, us", ge=0)
@@ -558,6 +560,7 @@ def check_consistency(cfg: CellConfig) -> None:
         raise ConfigError("sim.layers", sim.layers,
                           f"at most model.num_moe_layers ({model.num_moe_layers})")
     _check_popularity(cfg)
+    _check_thin_servers(cfg.topology)
     cfg.scenario.validate(cfg)
     homes = cfg.scenario.home_servers
     if homes is not None:
@@ -596,6 +599,21 @@ def check_consistency(cfg: CellConfig) -> None:
                               "a strategy of serving=request (this one runs with serving=ep; "
                               "the request model's dynamic strategies: "
                               + ", ".join(sorted(CONTROLLERS)) + ")")
+
+
+def _check_thin_servers(topo: TopologyConfig) -> None:
+    """Mixed server types the cluster can have: as many thin servers, fewer NICs."""
+    if not topo.thin_servers:
+        return
+    servers = topology_num_gpus(topo) // topo.gpus_per_server
+    if topo.thin_servers > servers:
+        raise ConfigError("topology.thin_servers", topo.thin_servers,
+                          f"at most the cluster's {servers} servers")
+    nics = topo.gpus_per_server if topo.nic_per_gpu else topo.nics_per_server
+    if topo.thin_nics >= nics:
+        what = "topology.gpus_per_server: one NIC per GPU" if topo.nic_per_gpu else "topology.nics_per_server"
+        raise ConfigError("topology.thin_nics", topo.thin_nics,
+                          f"fewer than the {nics} NICs of a full server ({what})")
 
 
 def _check_popularity(cfg: CellConfig) -> None:

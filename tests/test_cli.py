@@ -26,6 +26,8 @@ BAD_INPUTS = [
     (["model.top_k=20", "model=tiny"], "model.top_k=20"),
     (["scenario.rate=-5"], "scenario.rate=-5"),
     (["scenario.popularity=pareto"], "scenario.popularity=pareto"),
+    (["topology.thin_servers=5"], "topology.thin_servers=5"),
+    (["topology.thin_servers=1", "topology.thin_nics=8"], "topology.thin_nics=8"),
     (["model=mixtral_8x7b", "scenario.gini=0.8"], "scenario.gini=0.8"),
     (["model.routing_gini=0.99"], "model.routing_gini=0.99"),
     (["topology.nic_gbit_s=-400"], "topology.nic_gbit_s=-400"),

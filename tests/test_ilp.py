@@ -239,6 +239,25 @@ def test_true_latency_and_hop_count_disagree_on_a_slow_link():
     assert true.evaluate(a.x, a.y) < 0.8 * true.evaluate(b.x, b.y)
 
 
+def test_true_latency_unloads_the_thin_server_that_hop_count_cannot_see():
+    """Mixed server types: server 1 has one NIC where server 0 has four, and the tokens
+    come from server 0's GPUs. Hop count sees both servers' GPUs as equally far, true
+    latency sees the thin uplink: it puts fewer pairs behind it and its step is shorter
+    (by 1.3%: the grouped GEMMs dominate the step at this size)."""
+    cluster = topology.fat_tree(2, gpus_per_server=4, nics_per_server=4, thin_servers=1,
+                                thin_nics=1)
+    heavy = dataclasses.replace(TINY_STEP, step_tokens=8192.0)  # enough bytes to matter
+    load = 4e3 / np.arange(1, 17) ** 0.5
+    share = [0.25] * 4 + [0.0] * 4
+    true, hops = (ilp.layer_models(context(cluster, load[None, :], 3, share=share, num_redundant=4,
+                                           step=heavy), metric)[0] for metric in ("latency", "hops"))
+    a, b = ilp.solve_layer(true, 30, 0.01), ilp.solve_layer(hops, 30, 0.01)
+    assert a.status == b.status == "optimal"
+    thin = lambda sol: float(true.pairs_of(sol.y)[4:].sum() / true.pairs_of(sol.y).sum())  # noqa: E731
+    assert thin(a) < thin(b) - 0.015
+    assert true.evaluate(a.x, a.y) < 0.99 * true.evaluate(b.x, b.y)
+
+
 def test_hop_count_is_scaled_to_the_true_network_term_at_a_balanced_load():
     model = ep_model(slow_gpu_cluster(), np.array([8.0, 8, 8, 8]), slots=2, redundant=0,
                      metric="hops")

@@ -281,6 +281,11 @@ def test_k8_all_routes_fast():
     (lambda: fat_tree(4, gpus_per_server=0), "topology.gpus_per_server", 0),
     (lambda: fat_tree(4, nics_per_server=0), "topology.nics_per_server", 0),
     (lambda: fat_tree(4, seed=-1), "topology.seed", -1),
+    (lambda: fat_tree(2, thin_servers=3), "topology.thin_servers", 3),
+    (lambda: fat_tree(2, nics_per_server=2, thin_servers=1, thin_nics=2), "topology.thin_nics", 2),
+    (lambda: dragonfly(2, 2, 2, gpus_per_server=4, nic_per_gpu=True, thin_servers=1, thin_nics=4),
+     "topology.thin_nics", 4),
+    (lambda: fat_tree(2, thin_servers=-1), "topology.thin_servers", -1),
     (lambda: dragonfly(2, 2, 2, 6), "topology.g", 6),
     (lambda: dragonfly(2, 2, 2, 1), "topology.g", 1),
     (lambda: dragonfly(0, 2, 2), "topology.a", 0),
@@ -327,3 +332,28 @@ def test_oversubscription_below_one_is_a_config_error():
     with pytest.raises(ConfigError) as err:
         fat_tree(4, oversubscription=0.5)
     assert err.value.key == "topology.oversubscription"
+
+
+# --------------------------------------------------------------------------- mixed servers
+def test_thin_servers_have_fewer_nics_bonded_or_per_gpu():
+    nic = 50e9
+    bonded = fat_tree(2, gpus_per_server=4, nics_per_server=4, nic_bandwidth=nic, thin_servers=1,
+                      thin_nics=1)
+    per_gpu = dragonfly(2, 1, 1, gpus_per_server=4, nic_per_gpu=True, nic_bandwidth=nic,
+                        thin_servers=2, thin_nics=2)
+    def nic_links(cluster):
+        return {(u, v): cluster.link_bandwidth[i] for i, (u, v) in enumerate(cluster.links)
+                if cluster.link_kind[i] == "nic"}
+    up = nic_links(bonded)
+    assert up[("nvs0", "edge0_0")] == 4 * nic and up[("nvs1", "edge1_0")] == 1 * nic
+    links = nic_links(per_gpu)
+    servers = per_gpu.num_servers
+    for (u, v), bw in links.items():
+        gpu = int((u if u.startswith("gpu") else v)[3:])
+        thin = per_gpu.server_of(gpu) >= servers - 2
+        assert bw == (nic * 2 / 4 if thin else nic)
+    # a message into a thin server takes longer than into a full one, from the same source
+    t_full = bonded.transfer_time(0, 1, 8e6, 64e3)  # same server: NVLink only
+    t_thin = bonded.transfer_time(0, 4, 8e6, 64e3)
+    t_back = bonded.transfer_time(4, 0, 8e6, 64e3)
+    assert t_thin > 3.5 * 8e6 / (4 * nic) and t_thin == pytest.approx(t_back) and t_full < t_thin

@@ -8,7 +8,9 @@ Intra-server traffic is gpu -> nvs -> gpu; inter-server traffic is
 gpu -> nvs -> access switch -> ... -> access switch -> nvs -> gpu. With
 ``nic_per_gpu`` every GPU instead has a NIC of its own to the access switch (as in
 DGX/HGX H100 servers, one 400G ConnectX-7 per GPU), and inter-server traffic is
-gpu -> access switch -> ... -> access switch -> gpu.
+gpu -> access switch -> ... -> access switch -> gpu. Mixed server types: the last
+``thin_servers`` servers have ``thin_nics`` NICs, fewer than the others
+(:meth:`~helios.topology.builder.GraphBuilder.add_servers`).
 
 Every direction of every link is its own ``networkx.DiGraph`` edge with a link id.
 A link's latency is the one-way time from entering the link until the node at its
@@ -44,7 +46,8 @@ def build(topo: Any, seed: int = 0) -> Cluster:
     builds every cell's cluster with it.
     """
     common = dict(gpus_per_server=topo.gpus_per_server, nics_per_server=topo.nics_per_server,
-                  nic_per_gpu=topo.nic_per_gpu,
+                  nic_per_gpu=topo.nic_per_gpu, thin_servers=topo.thin_servers,
+                  thin_nics=topo.thin_nics,
                   nvlink_bandwidth=topo.nvlink_gbyte_s * 1e9,
                   nic_bandwidth=topo.nic_gbit_s / 8 * 1e9,
                   nvlink_latency=topo.nvlink_latency_us * 1e-6,

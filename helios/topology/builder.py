@@ -34,6 +34,8 @@ def check_server_params(params: dict[str, Any]) -> None:
     """Validate the server/link parameters every generator shares (keys as in the signature)."""
     check_integer("gpus_per_server", params["gpus_per_server"], 1)
     check_integer("nics_per_server", params["nics_per_server"], 1)
+    check_integer("thin_servers", params.get("thin_servers", 0), 0)
+    check_integer("thin_nics", params.get("thin_nics", 1), 1)
     check_integer("seed", params["seed"], 0)
     for key, value in params.items():
         if key.endswith("_bandwidth"):
@@ -71,18 +73,41 @@ class GraphBuilder:
         return tuple(self.link_id[e] for e in zip(nodes, nodes[1:]))
 
     def add_servers(self, access: list[str], gps: int, p: dict[str, Any]) -> None:
-        """Server ``s`` (GPUs ``s*gps .. s*gps+gps-1``) hangs off switch ``access[s]``."""
+        """Server ``s`` (GPUs ``s*gps .. s*gps+gps-1``) hangs off switch ``access[s]``.
+
+        Mixed server types: the last ``thin_servers`` servers have ``thin_nics`` NICs
+        (fewer than the others). Bonded, their uplink is ``thin_nics * nic_bandwidth``;
+        with a NIC per GPU, their GPUs share the ``thin_nics`` NICs evenly, each GPU's
+        link running at ``nic_bandwidth * thin_nics / gpus_per_server`` (a static share:
+        a GPU cannot borrow an idle neighbour's part).
+        """
+        nics, thin, thin_nics = self._thin_servers(len(access), gps, p)
         for s, switch in enumerate(access):
             nvs = f"nvs{s}"
             self.graph.add_node(nvs, kind="nvswitch", server=s)
+            count = thin_nics if s >= len(access) - thin else nics
             for gpu in range(s * gps, (s + 1) * gps):
                 self.graph.add_node(f"gpu{gpu}", kind="gpu", server=s)
                 self.connect(f"gpu{gpu}", nvs, p["nvlink_bandwidth"], p["nvlink_latency"], "nvlink")
                 if p.get("nic_per_gpu"):
-                    self.connect(f"gpu{gpu}", switch, p["nic_bandwidth"], p["link_latency"], "nic")
+                    self.connect(f"gpu{gpu}", switch, p["nic_bandwidth"] * count / gps,
+                                 p["link_latency"], "nic")
             if not p.get("nic_per_gpu"):
-                self.connect(nvs, switch, int(p["nics_per_server"]) * p["nic_bandwidth"],
-                             p["link_latency"], "nic")
+                self.connect(nvs, switch, count * p["nic_bandwidth"], p["link_latency"], "nic")
+
+    @staticmethod
+    def _thin_servers(num_servers: int, gps: int, p: dict[str, Any]) -> tuple[int, int, int]:
+        """NICs of a full server, thin servers and NICs of a thin one, checked."""
+        nics = gps if p.get("nic_per_gpu") else int(p["nics_per_server"])
+        thin, thin_nics = int(p.get("thin_servers", 0)), int(p.get("thin_nics", 1))
+        if thin > num_servers:
+            raise ConfigError("topology.thin_servers", thin,
+                              f"at most the cluster's {num_servers} servers")
+        if thin and thin_nics >= nics:
+            what = "gpus_per_server (one NIC per GPU)" if p.get("nic_per_gpu") else "nics_per_server"
+            raise ConfigError("topology.thin_nics", thin_nics,
+                              f"fewer than the {nics} NICs of a full server ({what})")
+        return nics, thin, thin_nics
 
     def cluster(self, name: str, gps: int, num_servers: int, num_switches: int,
                 switch_route: SwitchRoute) -> Cluster:

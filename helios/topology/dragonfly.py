@@ -49,7 +49,8 @@ def dragonfly(a: int, p: int, h: int, g: int | None = None, *, gpus_per_server: 
               nvlink_bandwidth: float = 450e9,
               nic_bandwidth: float = 50e9, local_bandwidth: float = 50e9,
               global_bandwidth: float = 50e9, nvlink_latency: float = 0.5e-6,
-              link_latency: float = 1e-6, routing: str = "minimal", seed: int = 0) -> Cluster:
+              link_latency: float = 1e-6, routing: str = "minimal", thin_servers: int = 0,
+              thin_nics: int = 1, seed: int = 0) -> Cluster:
     """Dragonfly of GPU servers with minimal or Valiant routing.
 
     ``g`` groups of ``a`` routers ``rtr{group}_{r}``, all-to-all inside a group
@@ -80,6 +81,8 @@ def dragonfly(a: int, p: int, h: int, g: int | None = None, *, gpus_per_server: 
         destination group) landing on the router at the end of the chosen cable,
         then minimally on to the destination; intra-group traffic and ``g = 2``
         (no intermediate group exists) route minimally.
+    thin_servers, thin_nics : int
+        Mixed server types, as in :func:`~helios.topology.fat_tree.fat_tree`.
     seed : int
         Salt of the flow hash.
 

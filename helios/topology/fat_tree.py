@@ -13,7 +13,8 @@ def fat_tree(k: int, *, gpus_per_server: int = 4, nics_per_server: int = 1,
              nic_per_gpu: bool = False,
              nvlink_bandwidth: float = 450e9, nic_bandwidth: float = 50e9,
              fabric_bandwidth: float = 50e9, nvlink_latency: float = 0.5e-6,
-             link_latency: float = 1e-6, oversubscription: float = 1.0, seed: int = 0) -> Cluster:
+             link_latency: float = 1e-6, oversubscription: float = 1.0, thin_servers: int = 0,
+             thin_nics: int = 1, seed: int = 0) -> Cluster:
     """k-ary Fat-Tree of GPU servers with flow-hashed ECMP routing.
 
     ``k`` pods, each with ``k/2`` edge switches ``edge{pod}_{i}`` and ``k/2``
@@ -40,6 +41,9 @@ def fat_tree(k: int, *, gpus_per_server: int = 4, nics_per_server: int = 1,
         Taper at the spine: aggregation<->core links run at ``fabric_bandwidth /
         oversubscription`` (1: non-blocking; 2 or 4: a 2:1 or 4:1 tapered tree), so
         traffic between pods is slower than inside a pod.
+    thin_servers, thin_nics : int
+        Mixed server types: the last ``thin_servers`` servers have only ``thin_nics``
+        NICs (:meth:`GraphBuilder.add_servers`).
     seed : int
         Salt of the ECMP flow hash.
 
