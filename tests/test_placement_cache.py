@@ -187,3 +187,26 @@ def test_corrupt_cache_file_is_solved_again_by_run_cell(tmp_path):
     path.write_text(path.read_text()[:100])
     assert run_cell(cfg).tables["cells"][0]["placement_cache"] == "miss"
     assert run_cell(cfg).tables["cells"][0]["placement_cache"] == "hit"
+
+
+@pytest.mark.parametrize("blocker", ["directory_at_the_file", "file_at_the_folder"])
+def test_a_cache_that_cannot_be_written_is_one_line_and_the_cell_still_runs(blocker, tmp_path,
+                                                                            capsys):
+    """A directory where the cache file should be (or a file where its folder should be):
+    the cell runs on its solved placement, says once why it is not cached, and leaves the
+    blocker as it was."""
+    cfg = config(*STATIC, f"output_dir={tmp_path}")
+    key = placement_key(prepare(cfg)[3])
+    root = tmp_path / "placement_cache"
+    if blocker == "directory_at_the_file":
+        (root / f"{key}.json" / "keep").mkdir(parents=True)
+    else:
+        root.write_text("not a folder")
+    for _ in range(2):
+        row = run_cell(cfg).tables["cells"][0]
+        assert row["placement_cache"] == "miss" and row["ilp_status"] in ("optimal", "feasible")
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("helios: placement cache: cannot store")
+    assert (root / f"{key}.json" / "keep").is_dir() if blocker == "directory_at_the_file" \
+        else root.read_text() == "not a folder"
+    assert not list(tmp_path.rglob("*.tmp"))

@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
 import weakref
 from collections.abc import Callable
@@ -151,7 +152,19 @@ class DiskPlacementCache:
             return None
 
     def put(self, key: str, placement: Placement) -> None:
-        """Store ``placement`` under ``key`` atomically (replacing any previous file)."""
+        """Store ``placement`` under ``key`` atomically (replacing any previous file).
+
+        The cache only saves solves: where it cannot be written (a directory where the
+        file or a file where the folder should be, no permission, a full disk) one line
+        says so on stderr, the file is left alone and the caller goes on uncached.
+        """
+        try:
+            self._write(key, placement)
+        except OSError as err:
+            print(f"helios: placement cache: cannot store {self.path(key)} "
+                  f"({err.strerror or err}); this placement is not cached", file=sys.stderr)
+
+    def _write(self, key: str, placement: Placement) -> None:
         path = self.path(key)
         payload = json.loads(placement.to_json())
         doc = {"format": CACHE_FORMAT, "key": key, "sha256": _sha256(_canonical(payload)),
