@@ -161,6 +161,9 @@ class EpServingConfig(ServingConfig):
                          choices=("per_gpu", "per_node", "per_expert"))
     relay_chunks: int = spec(8, "per_node: pieces per relayed flow, so that the RDMA and NVLink "
                                 "stages pipeline", ge=1, le=64)
+    phase_overhead_us: float = spec(
+        0.0, "fixed cost of every dispatch and every combine on the receiving rank (launch, "
+             "count exchange, completion polling), us", ge=0)
     overlap: str = spec("none", "two_batch: two micro-batches overlap communication and compute",
                         choices=("none", "two_batch"))
     dp_balance: str = spec("round_robin", "which attention rank a new request joins",

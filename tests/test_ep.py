@@ -224,3 +224,27 @@ def test_weighted_routing_sends_each_replica_its_share():
     # the split is the same from every rank (as the placement model assumes)
     for rank in (0, 3, 6):
         assert np.mean(gpu[(experts == 0) & (src[:, None] == rank)] == 0) == pytest.approx(0.7, abs=0.1)
+
+
+@pytest.mark.parametrize("dispatch,ranks,tokens", [("per_expert", 16, 128), ("per_node", 16, 512)])
+def test_the_fixed_phase_cost_adds_exactly_once_per_dispatch_and_combine(dispatch, ranks, tokens):
+    """serving.phase_overhead_us sits between a phase's last arrival and what waits for it:
+    each of DeepEP's phases, timed as its benchmark times them, grows by exactly that."""
+    from helios.bench.deepep import BF16_BYTES, FP8_BYTES, simulate
+
+    groups = None if dispatch == "per_expert" else 2
+    d0, c0, _ = simulate(ranks, tokens, dispatch, FP8_BYTES, BF16_BYTES, groups, 1)
+    d1, c1, _ = simulate(ranks, tokens, dispatch, FP8_BYTES, BF16_BYTES, groups, 1, 40e-6)
+    assert d1 - d0 == pytest.approx(40e-6, rel=1e-6)
+    assert c1 - c0 == pytest.approx(40e-6, rel=1e-6)
+
+
+def test_the_fixed_phase_cost_lengthens_every_step_by_two_per_layer():
+    """Idle ranks included, every layer of a step pays it twice (dispatch, combine): on a
+    light load the mean step grows by 2 x layers x the cost, within the small shifts the
+    longer steps cause in batching."""
+    base = ("scenario.rate=100", "sim.layers=2")
+    cost_us = 200.0
+    steps = [run_cell(config(*base, f"serving.phase_overhead_us={c}"), cache=False)
+             .tables["cells"][0]["step_ms_mean"] for c in (0.0, cost_us)]
+    assert steps[1] - steps[0] == pytest.approx(2 * 2 * cost_us / 1e3, rel=0.1)

@@ -109,7 +109,7 @@ class EpSimulation:
         self.builder = StepBuilder(cluster.num_gpus, cluster.gpus_per_server, cfg.serving.dispatch,
                                    cfg.model.hidden_size * cfg.model.dispatch_bytes,
                                    cfg.model.hidden_size * cfg.model.combine_bytes,
-                                   cfg.serving.relay_chunks)
+                                   cfg.serving.relay_chunks, cfg.serving.phase_overhead_us * 1e-6)
         self.placement = placement
         self._replica_tables(placement, cfg.strategy.routing)
         kv_tokens = kv_budget_tokens(cfg)

@@ -24,7 +24,11 @@ do, idle ones with an empty batch) and every simulated MoE layer ``l``:
   waiting for the GEMM that produced it.
 
 No barrier is added: a GEMM waits for its inputs, a layer for its combines, so the
-slowest rank paces everyone. With ``serving.overlap=two_batch`` every rank's batch is
+slowest rank paces everyone. ``serving.phase_overhead_us`` adds a fixed cost on the
+receiving rank to every dispatch and every combine, as a compute task between the last
+arrival and what waits for it (a GEMM, the next layer): the kernel launch, count
+exchange and completion polling that all-to-all kernels pay per phase whatever they
+carry (DeepEP's low-latency kernels: ~25 us, fitted in ``helios.bench deepep``). With ``serving.overlap=two_batch`` every rank's batch is
 split into two micro-batches with their own chains of tasks; both share the rank's
 GPU (tasks run in the order they become ready), so one micro-batch's communication
 proceeds while the other computes (DeepSeek's two-micro-batch overlap). A step ends
@@ -119,9 +123,10 @@ class StepBuilder:
 
     def __init__(self, num_gpus: int, gpus_per_server: int, dispatch: str,
                  dispatch_token_bytes: float, combine_token_bytes: float,
-                 relay_chunks: int = 8) -> None:
+                 relay_chunks: int = 8, phase_overhead_s: float = 0.0) -> None:
         self.G, self.gps, self.dispatch = num_gpus, gpus_per_server, dispatch
         self.relay_chunks = relay_chunks
+        self.phase_overhead_s = phase_overhead_s
         self.db, self.cb = dispatch_token_bytes, combine_token_bytes
         self.ranks = np.arange(num_gpus)
         self.node = self.ranks // gpus_per_server
@@ -146,7 +151,16 @@ class StepBuilder:
                 graph.edges(before, attn[before_rank])
                 gemm = graph.compute(self.ranks, gemm_s[m][l])
                 graph.edges(attn, gemm)
-                before, before_rank = self._exchange(graph, attn, gemm, traffic[m][l])
+                into_gemm = gemm
+                if self.phase_overhead_s > 0:  # the dispatch's fixed cost, after its arrivals
+                    into_gemm = graph.compute(self.ranks, np.full(self.G, self.phase_overhead_s))
+                    graph.edges(attn, into_gemm)
+                    graph.edges(into_gemm, gemm)
+                before, before_rank = self._exchange(graph, attn, gemm, traffic[m][l], into_gemm)
+                if self.phase_overhead_s > 0:  # the combine's, before the next layer
+                    done = graph.compute(self.ranks, np.full(self.G, self.phase_overhead_s))
+                    graph.edges(before, done[before_rank])
+                    before, before_rank = done, self.ranks
             graph.edges(before, tail[before_rank])
         return StepPlan(graph, tail, self.network_bytes)
 
@@ -183,20 +197,22 @@ class StepBuilder:
         return graph.message(src, dst, nbytes)
 
     def _exchange(self, graph: TaskGraph, attn: np.ndarray, gemm: np.ndarray,
-                  t: LayerTraffic) -> tuple[np.ndarray, np.ndarray]:
-        """Dispatch and combine of one layer; returns (tasks, their ranks) the next layer waits for."""
+                  t: LayerTraffic, into_gemm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Dispatch and combine of one layer; returns (tasks, their ranks) the next layer
+        waits for. Dispatch arrivals go to ``into_gemm`` (the GEMM, or the dispatch's
+        fixed cost before it)."""
         if self.dispatch != "per_node":
             counts = t.per_expert if self.dispatch == "per_expert" else t.per_gpu
             r, j = self._staggered(*np.nonzero(counts))
             n = counts[r, j]
             out = self._messages(graph, r, j, n, self.db)
             graph.edges(attn[r], out)
-            graph.edges(out, gemm[j])
+            graph.edges(out, into_gemm[j])
             o = self._order(j, self._key(j, r))  # each GPU staggers its own combines too
             back = self._messages(graph, j[o], r[o], n[o], self.cb)
             graph.edges(gemm[j[o]], back)
             return np.concatenate([back, gemm]), np.concatenate([r[o], self.ranks])
-        return self._exchange_per_node(graph, attn, gemm, t)
+        return self._exchange_per_node(graph, attn, gemm, t, into_gemm)
 
     def _pieces(self, count: np.ndarray) -> np.ndarray:
         """``count`` tokens of each flow split into :attr:`relay_chunks` near-equal pieces: (K, P)."""
@@ -204,7 +220,7 @@ class StepBuilder:
         k = np.arange(K)[:, None]
         return count[None, :] // K + (k < count[None, :] % K)
 
-    def _exchange_per_node(self, graph, attn, gemm, t: LayerTraffic):
+    def _exchange_per_node(self, graph, attn, gemm, t: LayerTraffic, into_gemm):
         """DeepEP's normal kernels: RDMA to a relay per server, NVLink forwarding, and back.
 
         Every relayed flow goes in :attr:`relay_chunks` pieces, and a relay forwards (or,
@@ -230,7 +246,7 @@ class StepBuilder:
         rd, jd = r2[same], j[same]
         direct = self._messages(graph, rd, jd, t.per_gpu[rd, jd], self.db)
         graph.edges(attn[rd], direct)
-        graph.edges(direct, gemm[jd])
+        graph.edges(direct, into_gemm[jd])
         # Forwarded pieces: relay -> destination GPU over NVLink, after the RDMA piece.
         rc, jc = r2[~same], j[~same]
         Q = rc.size
@@ -240,7 +256,7 @@ class StepBuilder:
         o2 = np.lexsort((self._key(VIA, JC), KQ, VIA))
         fwd = self._messages(graph, VIA[o2], JC[o2], FC[o2], self.db)
         graph.edges(rdma_id[KQ[o2], RC[o2], node[JC[o2]]], fwd)
-        graph.edges(fwd, gemm[JC[o2]])
+        graph.edges(fwd, into_gemm[JC[o2]])
         # Combine, each GPU in its own staggered order: direct NVLink back within a server;
         # NVLink pieces to the relay, which sends one RDMA copy per token and piece.
         ob = self._order(jd, self._key(jd, rd))
