@@ -624,8 +624,8 @@ def _check_popularity(cfg: CellConfig) -> None:
     from helios.popularity import max_gini
 
     scenario, model = cfg.scenario, cfg.model
-    if scenario.popularity != "measured":
-        return
+    if scenario.popularity != "measured" or model.top_k >= model.num_experts:
+        return  # every token picks every expert: the popularity has no effect
     ceiling = max_gini(model.num_experts, model.top_k)
     key, target = (("model.routing_gini", model.routing_gini) if scenario.gini is None
                    else ("scenario.gini", scenario.gini))

@@ -133,14 +133,16 @@ def lognormal_sigma(num_experts: int, top_k: int, target: float) -> float:
 
     Requires ``0 <= target < max_gini(num_experts, top_k)``.
     """
+    if top_k >= num_experts:
+        return 0.0  # every token picks every expert: no skew to calibrate
     if not 0.0 <= target < max_gini(num_experts, top_k):
         raise ValueError(f"Gini {target} outside [0, {max_gini(num_experts, top_k)})")
-    if target == 0.0 or top_k >= num_experts:
-        return 0.0
 
     def error(sigma: float) -> float:
         return gini(inclusion_probabilities(_lognormal_weights(num_experts, sigma), top_k)) - target
 
+    if error(0.0) >= 0.0:  # a target at (or, by rounding, below) the uniform profile's Gini
+        return 0.0
     hi = 1.0
     while error(hi) < 0:
         hi *= 2.0

@@ -78,3 +78,12 @@ def test_gini_and_its_ceiling():
     assert gini(np.r_[np.zeros(9), 1.0]) == pytest.approx(0.9)
     # every token picking the same k experts is the most top-k gating can skew
     assert gini(np.r_[np.zeros(254), 1.0, 1.0]) == pytest.approx(max_gini(256, 2))
+
+
+def test_top_k_of_every_expert_needs_no_reachable_gini():
+    """A model whose tokens pick every expert has no skew to calibrate: it is valid, and
+    every expert gets every token."""
+    cfg = config("model.top_k=16", "sim.layers=1")  # tiny: 16 experts
+    workload = prepare(cfg)[2]
+    req = next(workload.requests())
+    assert sorted(req.experts[0][0].tolist()) == list(range(16))

@@ -31,7 +31,10 @@ def cells(draw):
              "num_moe_layers": 4, "param_bytes": 2.0, "dispatch_bytes": 2.0, "combine_bytes": 2.0}
     scenario = {"rate": draw(st.floats(50, 3000)), "tokens_per_request": draw(st.integers(1, 64)),
                 "token_distribution": draw(st.sampled_from(["fixed", "poisson", "geometric"])),
-                "zipf_s": draw(st.floats(0, 2))}
+                "zipf_s": draw(st.floats(0, 2)),
+                "popularity": draw(st.sampled_from(["measured", "zipf"]))}
+    # a measured skew that top-k gating can reach (below 1 - top_k / experts)
+    scenario["gini"] = draw(st.floats(0, 0.95)) * (1 - model["top_k"] / experts)
     sim = {"duration_s": 0.06, "warmup_s": 0.01, "window_s": 0.01, "drain_s": 0.5,
            "layers": draw(st.integers(1, 3)), "chunk_kib": draw(st.sampled_from([16.0, 512.0]))}
     strategy = {"name": draw(st.sampled_from(["round_robin", "greedy"]))}
@@ -119,7 +122,9 @@ def ep_cells(draw):
                "prompt_tokens": draw(st.integers(1, 64)), "prompt_cv": draw(st.sampled_from([0.0, 1.0])),
                "output_tokens": draw(st.integers(1, 8)), "max_batch_tokens": draw(st.integers(8, 256)),
                "max_running_requests": draw(st.integers(1, 16))}
-    scenario = {"rate": draw(st.floats(20, 400)), "zipf_s": draw(st.floats(0, 1.5))}
+    scenario = {"rate": draw(st.floats(20, 400)), "zipf_s": draw(st.floats(0, 1.5)),
+                "popularity": draw(st.sampled_from(["measured", "zipf"])),
+                "gini": draw(st.floats(0, 0.95)) * (1 - model["top_k"] / experts)}
     sim = {"duration_s": 0.05, "warmup_s": 0.01, "window_s": 0.01, "drain_s": 2.0,
            "chunk_kib": draw(st.sampled_from([16.0, 512.0]))}
     strategy = {"name": draw(st.sampled_from(["round_robin", "greedy"]))}
