@@ -133,8 +133,9 @@ def test_relay_pieces_change_timing_not_bytes():
 
 
 def test_littles_law_from_sampled_queue_lengths():
-    sim = _ep_sim("scenario.rate=1200", "serving.output_tokens=64", "sim.duration_s=2",
-                  "sim.warmup_s=0.3", "sim.drain_s=3")
+    # 1 s of arrivals: L and lambda*W agree within 1% on seeds 0-2 (0.4% over 2 s)
+    sim = _ep_sim("scenario.rate=1200", "serving.output_tokens=64", "sim.duration_s=1",
+                  "sim.warmup_s=0.3", "sim.drain_s=2")
     samples = np.array(sim.queue_samples)
     inside = (samples[:, 0] >= sim.start) & (samples[:, 0] < sim.end)
     L = samples[inside, 1].mean()
