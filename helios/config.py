@@ -605,18 +605,13 @@ def check_consistency(cfg: CellConfig) -> None:
 
 
 def _check_thin_servers(topo: TopologyConfig) -> None:
-    """Mixed server types the cluster can have: as many thin servers, fewer NICs."""
+    """The generators' mixed-server check, before any graph is built."""
+    from helios.topology.builder import check_thin_servers
+
     if not topo.thin_servers:
         return
-    servers = topology_num_gpus(topo) // topo.gpus_per_server
-    if topo.thin_servers > servers:
-        raise ConfigError("topology.thin_servers", topo.thin_servers,
-                          f"at most the cluster's {servers} servers")
-    nics = topo.gpus_per_server if topo.nic_per_gpu else topo.nics_per_server
-    if topo.thin_nics >= nics:
-        what = "topology.gpus_per_server: one NIC per GPU" if topo.nic_per_gpu else "topology.nics_per_server"
-        raise ConfigError("topology.thin_nics", topo.thin_nics,
-                          f"fewer than the {nics} NICs of a full server ({what})")
+    check_thin_servers(topology_num_gpus(topo) // topo.gpus_per_server, topo.gpus_per_server,
+                       topo.nic_per_gpu, topo.nics_per_server, topo.thin_servers, topo.thin_nics)
 
 
 def _check_popularity(cfg: CellConfig) -> None:

@@ -6,9 +6,10 @@ per-task expert activation in MoE translation and language models, and sparse,
 task-dependent hot sets), and the mix of a service's request types changes through
 the day (Azure's LLM inference traces, Patel et al. 2024, keep coding and
 conversation services apart because their load and shapes differ and vary over
-time). A *profile* here is one request type's popularity: the scenario's popularity shape
-(:mod:`helios.popularity`) over its own permutation of the experts (per layer, from the popularity stream). At time ``t`` a
-token's experts are drawn from ``sum_k w_k(t) p_k``.
+time). A *profile* here is one request type's popularity: the scenario's popularity
+shape (:mod:`helios.popularity`) over its own permutation of the experts (per layer,
+from the popularity stream). At time ``t`` a token's experts are drawn from
+``sum_k w_k(t) p_k``.
 
 * ``domain_shift``: ``domains`` profiles (e.g. code, math, chat); one dominates at a
   time, holding ``dominant_weight`` of the traffic (the rest split evenly), and the

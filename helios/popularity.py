@@ -67,8 +67,13 @@ def zipf_popularity(num_experts: int, s: float, permutation: np.ndarray) -> np.n
     return probs
 
 
+#: Most ordered picks for which inclusion probabilities are enumerated exactly.
+EXACT_LIMIT = 100_000
+
+
 def inclusion_probabilities(probs: np.ndarray, k: int) -> np.ndarray:
-    """Probability that each expert is among a token's ``k`` distinct picks (Rosen 1997).
+    """Probability that each expert is among a token's ``k`` distinct picks: exact up to
+    :data:`EXACT_LIMIT` ordered picks, Rosen's approximation beyond (module doc).
 
     Parameters
     ----------
@@ -96,10 +101,6 @@ def inclusion_probabilities(probs: np.ndarray, k: int) -> np.ndarray:
         hi += 2.0
     t = math.exp(brentq(excess, lo, hi, xtol=1e-13))
     return -np.expm1(-probs * t)
-
-
-#: Most ordered picks for which inclusion probabilities are enumerated exactly.
-EXACT_LIMIT = 100_000
 
 
 def _exact_inclusion(probs: np.ndarray, k: int) -> np.ndarray:

@@ -29,8 +29,9 @@ first every layer gets its greedy start (step 2 with equal shares), the fallback
 ships where time runs out; then each layer's improvement gets the remaining time over
 the layers left, its MIP that time less the layer's longest share LP (HiGHS runs past
 a MIP time limit by about one root LP: ~1 s on a 72-server request-model layer). Only
-the greedy starts themselves may run past a limit too small for them. Solves stopped by the time limit depend on the machine's speed; proven ones do
-not (one thread, fixed seed).
+the greedy starts themselves may run past a limit too small for them. Solves stopped by
+the time limit depend on the machine's speed; proven ones do not (one thread, fixed
+seed).
 """
 
 from __future__ import annotations

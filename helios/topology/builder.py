@@ -44,6 +44,21 @@ def check_server_params(params: dict[str, Any]) -> None:
             check_number(key, value, positive=False)
 
 
+def check_thin_servers(num_servers: int, gps: int, nic_per_gpu: bool, nics_per_server: int,
+                       thin_servers: int, thin_nics: int) -> int:
+    """Mixed server types a cluster can have (as many thin servers, fewer NICs); returns
+    the NICs of a full server. Shared by the generators and the config check."""
+    nics = gps if nic_per_gpu else nics_per_server
+    if thin_servers > num_servers:
+        raise ConfigError("topology.thin_servers", thin_servers,
+                          f"at most the cluster's {num_servers} servers")
+    if thin_servers and thin_nics >= nics:
+        what = "topology.gpus_per_server: one NIC per GPU" if nic_per_gpu else "topology.nics_per_server"
+        raise ConfigError("topology.thin_nics", thin_nics,
+                          f"fewer than the {nics} NICs of a full server ({what})")
+    return nics
+
+
 class GraphBuilder:
     """Nodes and directed links accumulated while a generator runs."""
 
@@ -81,7 +96,9 @@ class GraphBuilder:
         link running at ``nic_bandwidth * thin_nics / gpus_per_server`` (a static share:
         a GPU cannot borrow an idle neighbour's part).
         """
-        nics, thin, thin_nics = self._thin_servers(len(access), gps, p)
+        thin, thin_nics = int(p.get("thin_servers", 0)), int(p.get("thin_nics", 1))
+        nics = check_thin_servers(len(access), gps, bool(p.get("nic_per_gpu")),
+                                  int(p["nics_per_server"]), thin, thin_nics)
         for s, switch in enumerate(access):
             nvs = f"nvs{s}"
             self.graph.add_node(nvs, kind="nvswitch", server=s)
@@ -94,20 +111,6 @@ class GraphBuilder:
                                  p["link_latency"], "nic")
             if not p.get("nic_per_gpu"):
                 self.connect(nvs, switch, count * p["nic_bandwidth"], p["link_latency"], "nic")
-
-    @staticmethod
-    def _thin_servers(num_servers: int, gps: int, p: dict[str, Any]) -> tuple[int, int, int]:
-        """NICs of a full server, thin servers and NICs of a thin one, checked."""
-        nics = gps if p.get("nic_per_gpu") else int(p["nics_per_server"])
-        thin, thin_nics = int(p.get("thin_servers", 0)), int(p.get("thin_nics", 1))
-        if thin > num_servers:
-            raise ConfigError("topology.thin_servers", thin,
-                              f"at most the cluster's {num_servers} servers")
-        if thin and thin_nics >= nics:
-            what = "gpus_per_server (one NIC per GPU)" if p.get("nic_per_gpu") else "nics_per_server"
-            raise ConfigError("topology.thin_nics", thin_nics,
-                              f"fewer than the {nics} NICs of a full server ({what})")
-        return nics, thin, thin_nics
 
     def cluster(self, name: str, gps: int, num_servers: int, num_switches: int,
                 switch_route: SwitchRoute) -> Cluster:
