@@ -28,6 +28,14 @@ RAY_TEST_ENV = {
 os.environ.update(RAY_TEST_ENV)
 os.environ.pop("RAY_ADDRESS", None)
 
+# Property tests draw the same examples on every run (CI must not fail on a draw no earlier
+# run made); HYPOTHESIS_PROFILE=explore draws fresh ones, to look for new counterexamples.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("reproducible", derandomize=True)
+_hypothesis_settings.register_profile("explore", derandomize=False)
+_hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "reproducible"))
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

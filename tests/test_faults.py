@@ -506,8 +506,10 @@ def test_ctrl_c_and_sigterm_stop_with_one_line_and_leave_no_ray_process(signame,
     import time
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # each cell waits 1 s first, so that cells are still to run when the signal comes
     proc = subprocess.Popen([sys.executable, "-m", "helios.sweep", *FAST, "seed=range(4)",
-                             f"output_dir={tmp_path}"], cwd=tmp_path, env=env, text=True,
+                             "+fault.delay_s=1", f"output_dir={tmp_path}"], cwd=tmp_path,
+                            env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     t0 = time.monotonic()
     while not list((tmp_path / "smoke" / "cells").glob("part-*.parquet")):

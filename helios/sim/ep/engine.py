@@ -266,6 +266,9 @@ class EpSimulation:
                 continue
             duration = self._run_step(batches)
             yield self.env.timeout(duration)
+            # The clock reads now + (end - now), which can differ from the kernel's end by
+            # an ulp; the record keeps the clock's value, so the next step starts at its end.
+            self.steps[-1].end_s = self.env.now
             for rank, batch in zip(self.ranks, batches):
                 self.in_system -= len(rank.finish_step(batch, self.env.now))
             if self.adapter is not None:
