@@ -130,6 +130,9 @@ class SweepReport:
     worker_deaths: int = 0
     wall_s: float = 0.0
     startup_s: float = 0.0
+    ray_start_s: float = 0.0
+    pool_s: float = 0.0
+    shutdown_s: float = 0.0
     busy_s: float = 0.0
     encode_s: float = 0.0
     placement: dict[str, int] = field(default_factory=dict)
@@ -159,6 +162,10 @@ class SweepReport:
                        "meanwhile by another sweep into the same folder")
         if self.ray:
             out.append(f"helios: ran on {self.ray}")
+            out.append(f"helios: time: {self.ray_start_s:.1f} s starting Ray, "
+                       f"{self.startup_s:.1f} s until every worker was up, "
+                       f"{self.pool_s:.1f} s in the worker pool, "
+                       f"{self.shutdown_s:.1f} s shutting Ray down")
         if self.worker_deaths:
             out.append(f"helios: {self.worker_deaths} worker processes died; "
                        "their cells were retried")
@@ -249,12 +256,18 @@ def run_sweep(cells: Sequence[CellConfig], *, labels: Sequence[str] | None = Non
         remove_stale_temporaries(sweep_dir)
     if todo:
         try:
+            t_ray = time.perf_counter()
             with ray_session(address, connect_timeout_s=connect_timeout_s) as mode:
                 raise_on_sigterm()  # ray.init installs its own SIGTERM handler (sys.exit(15))
+                report.ray_start_s = time.perf_counter() - t_ray
                 workers = min(num_workers or default_num_workers(), len(todo))
                 report.workers = workers
                 report.ray = f"{mode} Ray at {ray.get_runtime_context().gcs_address}"
+                t_pool = time.perf_counter()
                 _Pool(todo, workers, max_retries, report, progress, print_summary, on_result).run()
+                t_down = time.perf_counter()
+                report.pool_s = t_down - t_pool
+            report.shutdown_s = time.perf_counter() - t_down
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM; Ray is shut down by now
             raise Interrupted(report, len(todo), SIGTERM_RECEIVED["yes"]) from None
         for sweep_dir in report.sweep_dirs:
@@ -323,9 +336,11 @@ class _Pool:
         self.on_result = on_result
         self.caches = {str(root): start_cache_actor(root)
                        for root in {cache_root(c.cfg) for c in todo}}
-        self.stats0 = self._cache_stats()
         self.t0 = time.perf_counter()
+        # Workers start (processes, imports) while the cache actor's process starts too:
+        # the first stats call waits for that actor, so it comes after.
         self.slots = [_Slot(self.caches) for _ in range(workers)]
+        self.stats0 = self._cache_stats()
         self.starting = workers  # initial workers not yet ready
         self.inflight: dict[Any, tuple[_Slot, Cell]] = {}
         self.deferred: list[Cell] = []  # cells another sweep holds the claim of

@@ -9,6 +9,7 @@ Ray or on a two-node loopback cluster.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -76,6 +77,14 @@ def test_smoke_multirun_writes_one_row_per_cell(smoke_run):
     assert "6 run, 0 skipped" in proc.stdout
     assert "3 solved, 3 saved" in proc.stdout
     assert "ran on embedded Ray at 127.0.0.1:" in proc.stdout
+    # where the sweep's time went: the pool holds the workers' start-up, the wall holds all
+    stages = re.search(r"helios: time: ([\d.]+) s starting Ray, ([\d.]+) s until every worker "
+                       r"was up, ([\d.]+) s in the worker pool, ([\d.]+) s shutting Ray down",
+                       proc.stdout)
+    wall = float(re.search(r"([\d.]+) s wall", proc.stdout).group(1))
+    ray_s, up_s, pool_s, down_s = map(float, stages.groups())
+    assert 0 < up_s <= pool_s and ray_s > 0 and down_s > 0
+    assert ray_s + pool_s + down_s <= wall + 0.2
 
 
 def test_rerun_skips_done_cells_and_more_seeds_run_only_new_cells(smoke_run, ray_local, tmp_path):

@@ -19,12 +19,16 @@ Prints three groups of figures:
    whole ``python -m helios.sweep --multirun`` command, once with the default
    ``helios_ray`` launcher (embedded Ray: its start-up is included) and once with
    ``hydra/launcher=basic`` (jobs one after another in one process).
+4. **Fixed cost.** ``--fixed-cells`` (200) near-empty cells as one command, end to end,
+   split into the sweep itself (Ray start, workers up, the pool, Ray shutdown, from the
+   sweep's ``helios: time:`` line) and what comes before and after it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -82,7 +86,8 @@ def _run(cells: list, workers: int) -> tuple[float, float, float, float]:
     return wall, report.startup_s, report.busy_s, report.encode_s
 
 
-def _cli(args: list[str]) -> float:
+def _cli(args: list[str]) -> tuple[float, str]:
+    """Wall seconds and stdout of ``python -m helios.sweep --multirun args``."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     t0 = time.perf_counter()
@@ -90,7 +95,27 @@ def _cli(args: list[str]) -> float:
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"helios.sweep failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, proc.stdout
+
+
+def fixed_cost_rows(cells: int, out: str) -> list[tuple[str, str]]:
+    """``cells`` near-empty cells through the command line, end to end, with where the time
+    went: the sweep's own ``helios: ... s wall`` and ``helios: time:`` lines, and the rest
+    (interpreter, imports, composing and validating every cell, Hydra, exit)."""
+    wall, stdout = _cli([*NEAR_EMPTY, f"seed=range({cells})", "sweep=bench_fixed",
+                         f"output_dir={out}"])
+    sweep_wall = re.search(r"failed; \d+ workers, ([\d.]+) s wall", stdout)
+    stages = re.search(r"helios: time: (.*)", stdout)
+    rows = [(f"fixed cost: {cells} near-empty cells, CLI end to end",
+             f"{wall:.1f} s (target <= 12 s on 2 cores)")]
+    if sweep_wall:
+        inner = float(sweep_wall.group(1))
+        rows.append(("  before and after the sweep (interpreter, imports, composition, exit)",
+                     f"{wall - inner:.1f} s"))
+        rows.append(("  the sweep itself (Ray up to Ray down)", f"{inner:.1f} s"))
+    if stages:
+        rows.append(("    of which", stages.group(1)))
+    return rows
 
 
 def main(argv: list[str]) -> int:
@@ -98,7 +123,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--cells", type=int, default=16, help="cells of the CPU-bound sweep")
     parser.add_argument("--empty-cells", type=int, default=40,
                         help="N of the overhead measurement (runs N and 2N cells)")
-    parser.add_argument("--no-cli", action="store_true", help="skip the command-line comparison")
+    parser.add_argument("--fixed-cells", type=int, default=200,
+                        help="near-empty cells of the end-to-end fixed-cost run")
+    parser.add_argument("--no-cli", action="store_true",
+                        help="skip the command-line runs (launchers, fixed cost)")
     args = parser.parse_args(argv)
 
     from helios.worker import ray_session
@@ -146,12 +174,14 @@ def main(argv: list[str]) -> int:
     if not args.no_cli:
         sweep = [*CPU_BOUND, f"seed=range({args.cells})", "sweep=bench_cli"]
         with tempfile.TemporaryDirectory(prefix="helios-bench-") as tmp:
-            ray_wall = _cli([*sweep, f"output_dir={tmp}/ray"])
-            basic_wall = _cli([*sweep, "hydra/launcher=basic", f"output_dir={tmp}/basic"])
+            ray_wall, _ = _cli([*sweep, f"output_dir={tmp}/ray"])
+            basic_wall, _ = _cli([*sweep, "hydra/launcher=basic", f"output_dir={tmp}/basic"])
+            fixed = fixed_cost_rows(args.fixed_cells, f"{tmp}/fixed")
         rows.append(("CLI --multirun, helios_ray launcher (all CPUs)",
                      f"{ray_wall:.1f} s ({args.cells / ray_wall:.3f} cells/s, Ray start included)"))
         rows.append(("CLI --multirun, hydra/launcher=basic",
                      f"{basic_wall:.1f} s ({args.cells / basic_wall:.3f} cells/s)"))
+        rows += fixed
 
     if capacity < 1.8:
         rows.append(("note", f"other load left 2 processes {capacity:.2f} cores here: no sweep "
