@@ -212,6 +212,21 @@ def test_bench_help_is_usage_not_an_error(capsys):
     assert "usage: python -m helios.bench" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("argv,key", [(["sweep", "--fixed-cells", "-3"], "--fixed-cells"),
+                                      (["sweep", "--cells", "x"], "--cells"),
+                                      (["engine", "--repeat", "0"], "--repeat"),
+                                      (["rank", "--random", "0"], "--random"),
+                                      (["deepep", "--bogus"], "--bogus")])
+def test_a_bad_bench_option_is_one_line_exit_2(argv, key, capsys):
+    from helios.bench.__main__ import main as bench_main
+
+    with pytest.raises(SystemExit) as stop:
+        bench_main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("helios: config error:") and key in err[0]
+
+
 def test_a_dry_run_lists_every_cell_with_its_status_and_writes_nothing(tmp_path, capsys):
     main(["--multirun", *FAST, "seed=0,1", "strategy=round_robin,greedy", f"output_dir={tmp_path}",
           "+dry_run=true"])

@@ -27,10 +27,10 @@ network model from the measurement, then applied to every row.
 
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 
+from helios.bench import BenchParser
 from helios.sim.ep.step import StepBuilder, layer_traffic
 from helios.sim.kernel import LinkState
 from helios.topology import fat_tree
@@ -124,7 +124,7 @@ def fitted_overhead_us(table: list[tuple[str, float, float, str]]) -> float:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helios.bench deepep",
+    parser = BenchParser(prog="python -m helios.bench deepep",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="seed of the gate draws")
     args = parser.parse_args(argv)

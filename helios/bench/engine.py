@@ -9,11 +9,12 @@ machines as ratios.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import simpy
 from simpy.events import Timeout
+
+from helios.bench import BenchParser, positive_int
 
 
 def bare_process_rate(n: int = 300_000) -> float:
@@ -97,10 +98,11 @@ def _run(label: str, overrides: list[str], repeat: int) -> list[tuple[str, str]]
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helios.bench engine")
+    parser = BenchParser(prog="python -m helios.bench engine")
     parser.add_argument("overrides", nargs="*", help="config overrides of the first cell, "
                                                      "e.g. serving=request")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per cell (best time wins)")
+    parser.add_argument("--repeat", type=positive_int, default=1,
+                        help="runs per cell (best time wins)")
     parser.add_argument("--no-large", action="store_true", help="skip the large cell")
     args = parser.parse_args(argv)
 

@@ -15,11 +15,11 @@ Target (issue): every layer proven within 1% in at most 60 s, memory under 2 GB.
 
 from __future__ import annotations
 
-import argparse
 import resource
 import time
 from collections.abc import Sequence
 
+from helios.bench import BenchParser
 from helios.cell import prepare
 from helios.config import cell_config
 from helios.placement import place
@@ -68,7 +68,7 @@ def format_table(rows: Sequence[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helios.bench ilp",
+    parser = BenchParser(prog="python -m helios.bench ilp",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--gpus", type=int, nargs="+", default=[64, 128], choices=(16, 32, 64, 128))
     parser.add_argument("--topology", choices=("fat_tree", "dragonfly", "both"), default="both")

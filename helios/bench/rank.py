@@ -15,12 +15,12 @@ the Spearman rank correlation between the two (target >= 0.8).
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 import numpy as np
 from scipy.stats import spearmanr
 
+from helios.bench import BenchParser, positive_int
 from helios.cell import prepare
 from helios.config import cell_config
 from helios.placement import place
@@ -88,8 +88,9 @@ def simulated_ms(overrides: Sequence[str], placement: Placement) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helios.bench rank", description=__doc__.split("\n")[0])
-    parser.add_argument("--random", type=int, default=6, help="random placements (default 6)")
+    parser = BenchParser(prog="python -m helios.bench rank", description=__doc__.split("\n")[0])
+    parser.add_argument("--random", type=positive_int, default=6,
+                        help="random placements (default 6)")
     args = parser.parse_args(list(argv or []))
     cfg = cell_config(compose([*BASE, "strategy=helios_static"]))
     ctx = prepare(cfg)[3]

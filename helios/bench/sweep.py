@@ -26,7 +26,6 @@ Prints three groups of figures:
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import subprocess
@@ -34,6 +33,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from helios.bench import BenchParser, positive_int
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -119,11 +120,12 @@ def fixed_cost_rows(cells: int, out: str) -> list[tuple[str, str]]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helios.bench sweep")
-    parser.add_argument("--cells", type=int, default=16, help="cells of the CPU-bound sweep")
-    parser.add_argument("--empty-cells", type=int, default=40,
+    parser = BenchParser(prog="python -m helios.bench sweep")
+    parser.add_argument("--cells", type=positive_int, default=16,
+                        help="cells of the CPU-bound sweep")
+    parser.add_argument("--empty-cells", type=positive_int, default=40,
                         help="N of the overhead measurement (runs N and 2N cells)")
-    parser.add_argument("--fixed-cells", type=int, default=200,
+    parser.add_argument("--fixed-cells", type=positive_int, default=200,
                         help="near-empty cells of the end-to-end fixed-cost run")
     parser.add_argument("--no-cli", action="store_true",
                         help="skip the command-line runs (launchers, fixed cost)")
