@@ -27,7 +27,6 @@ network model from the measurement, then applied to every row.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from helios.bench import BenchParser
@@ -125,7 +124,7 @@ def fitted_overhead_us(table: list[tuple[str, float, float, str]]) -> float:
 
 def main(argv: list[str]) -> int:
     parser = BenchParser(prog="python -m helios.bench deepep",
-                                     description=__doc__.split("\n\n")[0])
+                         description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="seed of the gate draws")
     args = parser.parse_args(argv)
     bare = rows(args.seed, 0.0)

@@ -69,7 +69,7 @@ def format_table(rows: Sequence[dict]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = BenchParser(prog="python -m helios.bench ilp",
-                                     description=__doc__.split("\n")[0])
+                         description=__doc__.split("\n")[0])
     parser.add_argument("--gpus", type=int, nargs="+", default=[64, 128], choices=(16, 32, 64, 128))
     parser.add_argument("--topology", choices=("fat_tree", "dragonfly", "both"), default="both")
     parser.add_argument("--time-limit", type=float, default=60.0, help="placement time limit, s")
