@@ -288,3 +288,18 @@ def test_ep_layer_lower_bound_holds_on_random_instances():
         model = ep_model(slow_gpu_cluster(), load, slots=2, redundant=1)
         best = min(best_shares_ep(model, x) for x in copy_matrices(model))
         assert model.lower_bound() <= best * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("name", ["fat_tree", "dragonfly"])
+def test_every_ilp_benchmark_config_is_a_runnable_decoding_load(name):
+    """``python -m helios.bench ilp`` costs 256 decoding requests per rank at every size
+    (a rate that saturates 64 GPUs would cost a prefill-bound step, and fail the preflight)."""
+    from helios.bench.ilp import decode_overrides
+    from helios.config import cell_config
+    from helios.sim.ep.steady import representative_step
+    from helios.sweep import compose
+
+    for gpus in (16, 32, 64, 128):
+        cfg = cell_config(compose(list(decode_overrides(name, gpus))))
+        step = representative_step(cfg, gpus, cfg.scenario.rate)
+        assert step.step_tokens == pytest.approx(256 * gpus)

@@ -27,11 +27,22 @@ from helios.sweep import compose
 
 #: A decoding load: every rank starts with 256 running requests (warm start). Zipf(1)
 #: popularity, more skewed than the measured default: the harder case for the solver.
+#: The arrival rate is :data:`RATE_PER_GPU` per GPU (:func:`decode_overrides`).
 DECODE = ("model=deepseek_v3", "serving=ep", "strategy=helios_static", "serving.dispatch=per_expert",
-          "scenario.popularity=zipf",
-          "scenario.rate=900", "serving.prompt_tokens=128", "serving.output_tokens=512",
+          "scenario.popularity=zipf", "serving.prompt_tokens=128", "serving.output_tokens=512",
           "serving.max_running_requests=256", "serving.initial_decode_requests=256",
           "sim.duration_s=1.0", "sim.warmup_s=0.2", "sim.drain_s=0")
+
+
+#: Requests/s per GPU: ~900 on 128 GPUs, below the rate at which the steady-state step
+#: would outgrow the 256 warm-start requests per rank (at 900/s on 64 GPUs it reaches
+#: ``max_batch_tokens``, a prefill-bound step no longer a decoding load).
+RATE_PER_GPU = 7.03125
+
+
+def decode_overrides(name: str, gpus: int) -> tuple[str, ...]:
+    """The benchmark's config of ``name`` with ``gpus`` GPUs (before the extra overrides)."""
+    return (*DECODE, f"scenario.rate={RATE_PER_GPU * gpus:g}", *topology_overrides(name, gpus))
 
 
 def topology_overrides(name: str, gpus: int) -> tuple[str, ...]:
@@ -44,7 +55,7 @@ def topology_overrides(name: str, gpus: int) -> tuple[str, ...]:
 
 
 def row(name: str, gpus: int, time_limit: float, extra: Sequence[str]) -> dict:
-    cfg = cell_config(compose([*DECODE, *topology_overrides(name, gpus),
+    cfg = cell_config(compose([*decode_overrides(name, gpus),
                                f"strategy.ilp.time_limit_s={time_limit}", *extra]))
     ctx = prepare(cfg)[3]
     t0 = time.perf_counter()
