@@ -60,8 +60,8 @@ from scipy.stats import binom
 
 from helios.placement.milp import Milp
 
-__all__ = ["LayerVars", "expert_busy_seconds", "link_coefficients", "hop_costs", "queue_cuts",
-           "pwl", "replica_counts", "US"]
+__all__ = ["LayerVars", "expert_busy_seconds", "link_coefficients", "undominated_rows", "hop_costs",
+           "queue_cuts", "pwl", "replica_counts", "US"]
 
 US = 1e6  # objective unit: microseconds
 
@@ -97,6 +97,21 @@ def link_coefficients(cluster: Any, share: np.ndarray, out_bytes: float,
     out, back = rows(srcs * G + gpus, out_bytes), rows(gpus * G + srcs, back_bytes)
     loaded = (out.max(axis=1) > 0) | (back.max(axis=1) > 0)
     return out[loaded], back[loaded]
+
+
+def undominated_rows(coef: np.ndarray) -> np.ndarray:
+    """``coef`` without the rows another row bounds elementwise (ties: the first kept).
+
+    For ``P >= 0``, ``max_k coef[k] @ P`` is the same over the kept rows: what a
+    busiest-link term needs, at a third of the rows on the built-in fabrics (a NIC's
+    link is dominated by the switch link its traffic continues on).
+    """
+    order = np.lexsort((np.arange(coef.shape[0]), -coef.sum(axis=1)))
+    kept: list[int] = []
+    for k in order.tolist():
+        if not kept or not (coef[kept] >= coef[k]).all(axis=1).any():
+            kept.append(k)
+    return coef[np.sort(kept)]
 
 
 def hop_costs(cluster: Any, share: np.ndarray) -> np.ndarray:
