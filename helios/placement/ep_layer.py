@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.optimize import linprog
 
 from helios.placement.loadaware import US, LayerVars, _Layer, replica_counts
@@ -55,6 +56,82 @@ class EpLayer(_Layer):
         pairs = self.pairs_of(y)
         net_w, comp_w = self.weights
         return comp_w * float(self._compute(pairs, x.sum(axis=0)).max()) + net_w * self._network(pairs)
+
+    def shares(self, x: np.ndarray) -> np.ndarray | None:
+        """The optimal shares for copies ``x`` (bool, shape (E, G)), or None if the LP fails."""
+        solved = self.share_lp(x)
+        return None if solved is None else solved[0]
+
+    def share_lp(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The optimal shares for copies ``x`` and each GPU's price of a pair, or None.
+
+        The layer's LP with the copies fixed, over the shares of the experts with more than
+        one copy only (a single copy serves all its expert's tokens): columns ``y`` of
+        those copies, ``P``, ``C``, ``D``, ``B``; the rows of :meth:`build` less its
+        integer and cut rows, which fixed copies make redundant. A few hundred columns where
+        the whole model has ``E x G``, so a local search can afford one per move.
+
+        The objective is a max, so many shares are optimal; of those, the LP's second
+        phase picks the ones with the least total excess of pairs over the mean GPU's,
+        so that a GPU sits at the busiest level only where no optimal shares move it off.
+
+        Returns ``(y, price)``: shares, shape (E, G), and ``price[g]``, the objective's
+        rate of change per pair added to GPU ``g`` (the first phase's dual of its
+        pair-count row).
+        """
+        x = np.asarray(x) > 0.5
+        G = x.shape[1]
+        copies = x.sum(axis=1)
+        y = x / np.maximum(copies, 1)[:, None]
+        flex = np.flatnonzero(copies > 1)
+        fe, fg = np.nonzero(x[flex])
+        n = fe.size
+        rigid = self.load @ (x & (copies == 1)[:, None])
+        # columns: the n shares, the G pair counts P, C, D, B, then the G excesses Z
+        width = n + 2 * G + 3
+        c_col, d_col, b_col, z0 = n + G, n + G + 1, n + G + 2, n + G + 3
+        flop_s, byte_s, weight_s, launch_s = (v * US for v in self.gemm)
+        net_w, comp_w = self.weights
+        hops = self.metric == "hops"
+        g = np.arange(G)
+        ones, c_cols = np.ones(G), np.full(G, c_col)
+        # P[g] - the shares' pairs on g = the single copies' pairs on g; shares sum to 1
+        blocks = [_rows(np.r_[g, fg], np.r_[n + g, np.arange(n)], np.r_[ones, -self.load[flex[fe]]], G, width),
+                  _rows(fe, np.arange(n), np.ones(n), flex.size, width),
+                  _rows(np.r_[g, g], np.r_[n + g, c_cols], np.r_[np.full(G, flop_s), -ones], G, width),
+                  _rows(np.r_[g, g], np.r_[n + g, c_cols], np.r_[np.full(G, byte_s), -ones], G, width),
+                  _rows(np.r_[g, g], np.r_[z0 + g, n + g], np.r_[ones, -ones], G, width)]
+        rigid = self.load @ (x & (copies == 1)[:, None])
+        lower = [rigid, np.ones(flex.size), np.full(G, -np.inf), np.full(G, -np.inf),
+                 np.full(G, -self.load.sum() / G)]
+        upper = [rigid, np.ones(flex.size), np.full(G, -launch_s), -launch_s - weight_s * x.sum(axis=0),
+                 np.full(G, np.inf)]
+        cost = np.zeros(width)
+        cost[[c_col, d_col, b_col]] = comp_w, net_w, net_w
+        if hops:
+            cost[n:n + G] = net_w * self.hop_scale * US * self.hops
+        elif self.out.size:
+            for col, coef in ((d_col, self.out), (b_col, self.back)):
+                k, gg = np.nonzero(coef)
+                K = coef.shape[0]
+                blocks.append(_rows(np.r_[k, np.arange(K)], np.r_[n + gg, np.full(K, col)],
+                                    np.r_[coef[k, gg] * US, -np.ones(K)], K, width))
+                lower.append(np.full(K, -np.inf))
+                upper.append(np.zeros(K))
+        col_upper = np.full(width, np.inf)
+        col_upper[:n] = 1.0
+        if hops:
+            col_upper[[d_col, b_col]] = 0.0
+        solved = _lexicographic_lp(cost, z0, sp.vstack(blocks, format="csc"), np.concatenate(lower),
+                                   np.concatenate(upper), col_upper)
+        if solved is None:
+            return None
+        values, price = solved
+        y[flex] = 0.0
+        y[flex[fe], fg] = np.clip(values[:n], 0.0, None)
+        total = y[flex].sum(axis=1, keepdims=True)
+        y[flex] = np.where(total > 0, y[flex] / np.where(total > 0, total, 1.0), x[flex] / copies[flex, None])
+        return y, price[:G]
 
     def build(self) -> tuple[Milp, LayerVars, dict[str, np.ndarray]]:
         """The layer's MILP and its columns."""
@@ -139,12 +216,12 @@ class EpLayer(_Layer):
         over the GPUs (an LP in ``P``, ``D``, ``B``): the link terms of any placement."""
         if self.out.size == 0:
             return 0.0
-        G, K = self.num_gpus, self.out.shape[0]
+        G, K, Kb = self.num_gpus, self.out.shape[0], self.back.shape[0]
         cost = np.r_[np.zeros(G), 1.0, 1.0]
         scale = 1.0 / max(self.out.max(), self.back.max())
         rows = np.block([[self.out * scale, -np.ones((K, 1)), np.zeros((K, 1))],
-                         [self.back * scale, np.zeros((K, 1)), -np.ones((K, 1))]])
-        lp = linprog(cost, A_ub=rows, b_ub=np.zeros(2 * K), A_eq=np.r_[np.ones(G), 0, 0][None, :],
+                         [self.back * scale, np.zeros((Kb, 1)), -np.ones((Kb, 1))]])
+        lp = linprog(cost, A_ub=rows, b_ub=np.zeros(K + Kb), A_eq=np.r_[np.ones(G), 0, 0][None, :],
                      b_eq=[self.load.sum()], bounds=[(0, None)] * (G + 2), method="highs")
         return float(lp.fun) / scale * (1 - 1e-9) if lp.status == 0 else 0.0
 
@@ -197,9 +274,8 @@ class EpLayer(_Layer):
         return obj
 
     def new_state(self) -> dict[str, Any]:
-        K = self.out.shape[0]
         return {"pairs": np.zeros(self.num_gpus), "held": np.zeros(self.num_gpus),
-                "c_max": 0.0, "d_load": np.zeros(K), "b_load": np.zeros(K)}
+                "c_max": 0.0, "d_load": np.zeros(self.out.shape[0]), "b_load": np.zeros(self.back.shape[0])}
 
     def add(self, state: dict[str, Any], e: int, share: float, g: int) -> None:
         q = self.load[e] * share
@@ -209,6 +285,46 @@ class EpLayer(_Layer):
                                                                   state["held"][g:g + 1])[0]))
         state["d_load"] += self.out[:, g] * q
         state["b_load"] += self.back[:, g] * q
+
+
+def _lexicographic_lp(cost: np.ndarray, z0: int, a: sp.csc_matrix, row_lo: np.ndarray,
+                      row_hi: np.ndarray, col_hi: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Minimise ``cost`` (columns from ``z0`` on excluded), then, with it held at its
+    optimum, the columns from ``z0`` on; returns the second point and the first's row
+    duals, or None. HiGHS re-solves the second LP from the first's basis."""
+    import highspy
+
+    width = cost.size
+    lp = highspy.HighsLp()
+    lp.num_col_, lp.num_row_ = width, a.shape[0]
+    lp.col_cost_, lp.col_lower_, lp.col_upper_ = cost, np.zeros(width), col_hi
+    lp.row_lower_, lp.row_upper_ = row_lo, row_hi
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = a.indptr.astype(np.int32)
+    lp.a_matrix_.index_ = a.indices.astype(np.int32)
+    lp.a_matrix_.value_ = a.data
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("threads", 1)
+    h.passModel(lp)
+    h.run()
+    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        return None
+    best = h.getInfo().objective_function_value
+    duals = np.asarray(h.getSolution().row_dual)
+    used = np.flatnonzero(cost)
+    h.addRow(-np.inf, best + 1e-9 * abs(best), used.size, used.astype(np.int32), cost[used])
+    second = np.zeros(width)
+    second[z0:] = 1.0
+    h.changeColsCost(width, np.arange(width, dtype=np.int32), second)
+    h.run()
+    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        return None
+    return np.asarray(h.getSolution().col_value), duals
+
+
+def _rows(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, num_rows: int, width: int) -> sp.csr_matrix:
+    return sp.csr_matrix((vals, (rows, cols)), shape=(num_rows, width))
 
 
 def _least_ingress(coef: np.ndarray) -> float:

@@ -11,12 +11,19 @@ from a warm start built for the same objective:
 2. **Assignment**: copies by decreasing load per copy, each to the GPU with a free slot
    (not already holding the expert) where the layer's objective after the move is
    least; ties to the least-loaded, then the lowest GPU.
-3. **Shares**: the LP of the layer with the copies fixed (the optimal shares for them).
+3. **Shares**: the LP of the layer with the copies fixed (the optimal shares for them;
+   under ``serving=ep`` a compact LP over the replicated experts' shares only,
+   :meth:`EpLayer.share_lp`).
+4. **Swaps** (``serving=ep``), while the start is not yet proven within ``mip_gap`` by
+   the model's own bound: :func:`~helios.placement.ep_search.swap_search` moves load
+   off the busiest GPUs by swapping copies, each move costed exactly.
 
-The MILP then starts from it. A layer's result is ``optimal`` (HiGHS proved it within
-``mip_gap``), ``feasible`` (time limit, the solver's incumbent beats the start) or
-``start`` (time limit, the start is what ships); the cell's ``ilp_status`` is the worst
-layer's, and ``ilp_gap`` the largest proven gap.
+Where the start is then within ``mip_gap`` of the bound it ships as proven
+(``proven_by="bound"``); otherwise the MILP starts from it. A layer's result is
+``optimal`` (proven within ``mip_gap``, by the bound or by HiGHS), ``feasible`` (time
+limit, the solver's incumbent beats the start) or ``start`` (time limit, the start is
+what ships); the cell's ``ilp_status`` is the worst layer's, and ``ilp_gap`` the
+largest proven gap.
 
 Layers: under ``serving=ep`` a step runs the layers one after another, so they share
 nothing and are solved independently. Under ``serving=request`` all layers share the
@@ -46,8 +53,9 @@ import numpy as np
 from helios.config import EplbConfig
 from helios.placement.base import Placement, PlacementContext
 from helios.placement.ep_layer import EpLayer
+from helios.placement.ep_search import swap_search
 from helios.placement.loadaware import (expert_busy_seconds, hop_costs, link_coefficients,
-                                        replica_counts)
+                                        replica_counts, undominated_rows)
 from helios.placement.request_layer import RequestLayer
 
 __all__ = ["LayerSolution", "layer_models", "warm_start", "greedy_solution", "solve_layer", "solve_placement",
@@ -72,7 +80,10 @@ class LayerSolution:
     proven_by: str = ""
     """``"bound"`` (the start met the model's own bound), ``"solver"`` or ``""``."""
     start_s: float = 0.0
-    """Seconds until the start was ready (model, bound, starts and their shares)."""
+    """Seconds until the start was ready (model, bound, starts and their shares; the
+    swap search, which stops at the deadline, comes after)."""
+    search_moves: int = 0
+    """Swaps :func:`~helios.placement.ep_search.swap_search` took on the start."""
 
     @property
     def gap(self) -> float:
@@ -112,6 +123,8 @@ def layer_models(ctx: PlacementContext, metric: str) -> list[EpLayer | RequestLa
         step = ctx.ep_step
         gemm = (step.flop_s_per_pair, step.byte_s_per_pair, step.weight_s_per_expert, step.launch_s)
         pairs = load / load.sum(axis=1, keepdims=True) * spec.top_k * step.step_tokens
+        # only busiest links count in this model: rows another bounds are redundant
+        out, back = undominated_rows(out), undominated_rows(back)
         return [EpLayer(load=p, gemm=gemm, out=out, back=back, hops=hops, **common) for p in pairs]
     tokens = int(round(ctx.tokens_per_request))
     coef = out + back
@@ -210,17 +223,18 @@ def solve_layer(model: EpLayer | RequestLayer, time_limit_s: float, mip_gap: flo
         else:
             x0, y0 = warm_start(model, total)
         lp_start = time.perf_counter()
-        shares = m.solve(None, max(deadline - time.perf_counter(), 1e-3), 0.0, relax=True,
-                         fix=(v.x.ravel(), x0.ravel().astype(float)))
+        y0 = _start_shares(model, m, v, x0, y0, deadline)
         lp_s = max(lp_s, time.perf_counter() - lp_start)
-        if shares.values is not None:
-            y0 = _normalised(shares.values[v.y.ravel()].reshape(y0.shape), x0)
         obj = model.evaluate(x0.astype(float), y0)
         if best is None or obj < best[0] * (1 - 1e-12):
             best = (obj, x0.astype(float), y0)
     start_obj, x0, y0 = best
+    start_s, moves = time.perf_counter() - t0, 0
+    proven = floor / (1 - mip_gap) if mip_gap < 1 else math.inf  # an objective the bound proves
+    if isinstance(model, EpLayer) and start_obj > proven:
+        x0, y0, start_obj, moves = swap_search(model, x0, y0, start_obj, proven, deadline)
     sol = LayerSolution(x0, y0, start_obj, start_obj, min(floor, start_obj), "start", build_s)
-    sol.start_s = time.perf_counter() - t0
+    sol.start_s, sol.search_moves = start_s, moves
     if sol.gap <= mip_gap:
         sol.status, sol.proven_by = "optimal", "bound"
         sol.solve_s = time.perf_counter() - t0 - build_s
@@ -243,6 +257,18 @@ def solve_layer(model: EpLayer | RequestLayer, time_limit_s: float, mip_gap: flo
     if result.stop == "optimal" or sol.gap <= mip_gap:
         sol.status, sol.proven_by = "optimal", "solver"
     return sol
+
+
+def _start_shares(model: EpLayer | RequestLayer, m: Any, v: Any, x0: np.ndarray, y0: np.ndarray,
+                  deadline: float) -> np.ndarray:
+    """The optimal shares of copies ``x0`` (``y0`` if the LP gives none): the EP layer's
+    compact LP, else the layer's whole model with the copies fixed."""
+    if isinstance(model, EpLayer):
+        shares = model.shares(x0)
+        return y0 if shares is None else shares
+    shares = m.solve(None, max(deadline - time.perf_counter(), 1e-3), 0.0, relax=True,
+                     fix=(v.x.ravel(), x0.ravel().astype(float)))
+    return y0 if shares.values is None else _normalised(shares.values[v.y.ravel()].reshape(y0.shape), x0)
 
 
 def _normalised(y: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -326,6 +352,7 @@ def _placement(ctx: PlacementContext, models: list[Any], solutions: list[LayerSo
         "ilp_layers_proven_by_bound": sum(s.proven_by == "bound" for s in solutions),
         "ilp_layers_proven_by_solver": sum(s.proven_by == "solver" for s in solutions),
         "ilp_copies": int(sum(len(g) for layer in replicas for g in layer)),
+        "ilp_search_moves": int(sum(s.search_moves for s in solutions)),
         "ilp_build_s": float(sum(s.build_s for s in solutions)),
         "ilp_solve_s": float(sum(s.solve_s for s in solutions)),
         "ilp_seconds": float(seconds),
