@@ -122,17 +122,22 @@ def _pop(ht, hs, hp, n):
     return n
 
 
-# An event's payload packs (task, hop, last-chunk flag, event kind) into one int64.
-_HOP_BITS, _HOP_SHIFT, _LAST_SHIFT, _OP_SHIFT = 0x3FF, 2, 12, 13
+# An event's payload packs (GPU pair of a message, task, hop, last-chunk flag, event
+# kind) into one int64, so that a chunk's hop reads its route without touching the
+# (large, randomly accessed) per-task arrays.
+_HOP_BITS, _HOP_SHIFT, _LAST_SHIFT, _OP_SHIFT, _PAIR_SHIFT = 0x3FF, 2, 12, 13, 40
+_OP_BITS = (1 << (_PAIR_SHIFT - _OP_SHIFT)) - 1
+#: Most tasks of one graph and GPU pairs (src * G + dst) the payload can hold.
+MAX_TASKS, MAX_PAIRS = _OP_BITS + 1, 1 << (63 - _PAIR_SHIFT)
 
 
 @_njit
-def _pack(op, hop, last, ev):
-    return (op << _OP_SHIFT) | (last << _LAST_SHIFT) | (hop << _HOP_SHIFT) | ev
+def _pack(op, hop, last, ev, pair=0):
+    return (pair << _PAIR_SHIFT) | (op << _OP_SHIFT) | (last << _LAST_SHIFT) | (hop << _HOP_SHIFT) | ev
 
 
 @_njit_inline
-def _enter_link(op, next_hop, last, size, link, now, inv_bw, latency, link_free, link_win,
+def _enter_link(op, pair, next_hop, last, size, link, now, inv_bw, latency, link_free, link_win,
                 link_meas, link_bytes, window, inv_window, mstart, mend, ht, hs, hp, size_h, seq):
     """A chunk of ``size`` bytes of task ``op`` enters ``link`` at ``now``: queue it FIFO,
     meter it and schedule its arrival at hop ``next_hop``; returns the heap size."""
@@ -144,7 +149,7 @@ def _enter_link(op, next_hop, last, size, link, now, inv_bw, latency, link_free,
     _meter_fast(link_win, link_meas, link, begin, end, window, inv_window, mstart, mend)
     # SimPy's arithmetic (now + delay), so that equal inputs give bit-equal times.
     return _push(ht, hs, hp, size_h, now + (end + latency[link] - now), seq,
-                 _pack(op, next_hop, last, _HOP))
+                 _pack(op, next_hop, last, _HOP, pair))
 
 
 @_njit
@@ -174,9 +179,10 @@ def _begin(op, now, kind, a, b, value, routes, route_len, inv_bw, latency, chunk
     chunks_left[op] = count
     rest_of[op] = rest if rest > 0.0 else chunk
     link = routes[src, dst, 0]
+    pair = src * route_len.shape[1] + dst
     for c in range(count):
         last = 1 if c == count - 1 else 0
-        size_h = _enter_link(op, 1, last, rest_of[op] if last else chunk, link, now, inv_bw,
+        size_h = _enter_link(op, pair, 1, last, rest_of[op] if last else chunk, link, now, inv_bw,
                              latency, link_free, link_win, link_meas, link_bytes, window,
                              inv_window, mstart, mend, ht, hs, hp, size_h, seq)
         seq += 1
@@ -219,6 +225,11 @@ def _run_graph(kind, a, b, value, start, deps, succ_ptr, succ_idx, routes, route
     that equal inputs give bit-equal times.
     """
     n = kind.shape[0]
+    gpus = route_len.shape[0]
+    if n > MAX_TASKS or gpus * gpus > MAX_PAIRS:
+        raise ValueError("task graph too large for the kernel's event payload")
+    pair_routes = routes.reshape((gpus * gpus, routes.shape[2]))
+    pair_len = route_len.reshape(gpus * gpus)
     inv_window = 1.0 / window
     finish = np.full(n, np.inf)
     chunks_left = np.zeros(n, dtype=np.int64)
@@ -244,7 +255,7 @@ def _run_graph(kind, a, b, value, start, deps, succ_ptr, succ_idx, routes, route
         size_h = _pop(ht, hs, hp, size_h)
         ev = payload & 3
         hop = (payload >> _HOP_SHIFT) & _HOP_BITS
-        op = payload >> _OP_SHIFT
+        op = (payload >> _OP_SHIFT) & _OP_BITS
         if ev == _START:
             size_h, seq, instant = _begin(op, now, kind, a, b, value, routes, route_len, inv_bw,
                                           latency, chunk, link_free, gpu_free, link_win,
@@ -257,16 +268,16 @@ def _run_graph(kind, a, b, value, start, deps, succ_ptr, succ_idx, routes, route
                 seq += 1
             continue
         if ev == _HOP:
-            src, dst = a[op], b[op]
-            if hop == route_len[src, dst]:
+            pair = payload >> _PAIR_SHIFT
+            if hop == pair_len[pair]:
                 chunks_left[op] -= 1
                 if chunks_left[op] > 0:
                     continue
                 # The last chunk is in: the message is done now (no extra event, as in SimPy).
             else:
                 last = (payload >> _LAST_SHIFT) & 1
-                size_h = _enter_link(op, hop + 1, last, rest_of[op] if last else chunk,
-                                     routes[src, dst, hop], now, inv_bw, latency, link_free,
+                size_h = _enter_link(op, pair, hop + 1, last, rest_of[op] if last else chunk,
+                                     pair_routes[pair, hop], now, inv_bw, latency, link_free,
                                      link_win, link_meas, link_bytes, window, inv_window,
                                      mstart, mend, ht, hs, hp, size_h, seq)
                 seq += 1
