@@ -50,7 +50,7 @@ COMPUTE, MESSAGE = 0, 1
 _START, _HOP, _DONE = 0, 1, 2
 
 
-@_njit
+@_njit_inline
 def _meter(busy_win, busy_meas, col, begin, finish, window, mstart, mend):
     """Add busy time ``[begin, finish)`` of column ``col`` to the window and interval sums."""
     if finish > mstart and begin < mend:
@@ -70,7 +70,7 @@ def _meter(busy_win, busy_meas, col, begin, finish, window, mstart, mend):
         w += 1
 
 
-@_njit
+@_njit_inline
 def _meter_fast(busy_win, busy_meas, col, begin, finish, window, inv_window, mstart, mend):
     """:func:`_meter` with its common case inlined: inside one window and wholly inside or
     outside the measured interval."""
@@ -152,7 +152,7 @@ def _enter_link(op, pair, next_hop, last, size, link, now, inv_bw, latency, link
                  _pack(op, next_hop, last, _HOP, pair))
 
 
-@_njit
+@_njit_inline
 def _begin(op, now, kind, a, b, value, routes, route_len, inv_bw, latency, chunk, link_free,
            gpu_free, link_win, link_meas, link_bytes, gpu_win, gpu_meas, window, inv_window,
            mstart, mend, chunks_left, rest_of, ht, hs, hp, size_h, seq):
