@@ -122,6 +122,26 @@ def _pop(ht, hs, hp, n):
     return n
 
 
+@_njit
+def _replace_top(ht, hs, hp, n, t, seq, payload):
+    """Replace the root of the heap (the caller has read it) by a new event: one sift
+    down where a pop and a push would take two; returns the size (unchanged)."""
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= n:
+            break
+        right = child + 1
+        if right < n and (ht[right] < ht[child] or (ht[right] == ht[child] and hs[right] < hs[child])):
+            child = right
+        if t < ht[child] or (t == ht[child] and seq < hs[child]):
+            break
+        ht[i], hs[i], hp[i] = ht[child], hs[child], hp[child]
+        i = child
+    ht[i], hs[i], hp[i] = t, seq, payload
+    return n
+
+
 # An event's payload packs (GPU pair of a message, task, hop, last-chunk flag, event
 # kind) into one int64, so that a chunk's hop reads its route without touching the
 # (large, randomly accessed) per-task arrays.
@@ -137,10 +157,10 @@ def _pack(op, hop, last, ev, pair=0):
 
 
 @_njit_inline
-def _enter_link(op, pair, next_hop, last, size, link, now, inv_bw, latency, link_free, link_win,
-                link_meas, link_bytes, window, inv_window, mstart, mend, ht, hs, hp, size_h, seq):
-    """A chunk of ``size`` bytes of task ``op`` enters ``link`` at ``now``: queue it FIFO,
-    meter it and schedule its arrival at hop ``next_hop``; returns the heap size."""
+def _cross_link(size, link, now, inv_bw, latency, link_free, link_win, link_meas, link_bytes,
+                window, inv_window, mstart, mend):
+    """A chunk of ``size`` bytes enters ``link`` at ``now``: queue it FIFO and meter it;
+    returns when it reaches the link's far end."""
     free = link_free[link]
     begin = free if free > now else now
     end = begin + size * inv_bw[link]
@@ -148,8 +168,17 @@ def _enter_link(op, pair, next_hop, last, size, link, now, inv_bw, latency, link
     link_bytes[link] += size
     _meter_fast(link_win, link_meas, link, begin, end, window, inv_window, mstart, mend)
     # SimPy's arithmetic (now + delay), so that equal inputs give bit-equal times.
-    return _push(ht, hs, hp, size_h, now + (end + latency[link] - now), seq,
-                 _pack(op, next_hop, last, _HOP, pair))
+    return now + (end + latency[link] - now)
+
+
+@_njit_inline
+def _enter_link(op, pair, next_hop, last, size, link, now, inv_bw, latency, link_free, link_win,
+                link_meas, link_bytes, window, inv_window, mstart, mend, ht, hs, hp, size_h, seq):
+    """:func:`_cross_link`, then schedule the chunk's arrival at hop ``next_hop``; returns
+    the heap size."""
+    t = _cross_link(size, link, now, inv_bw, latency, link_free, link_win, link_meas, link_bytes,
+                    window, inv_window, mstart, mend)
+    return _push(ht, hs, hp, size_h, t, seq, _pack(op, next_hop, last, _HOP, pair))
 
 
 @_njit_inline
@@ -252,10 +281,21 @@ def _run_graph(kind, a, b, value, start, deps, succ_ptr, succ_idx, routes, route
             seq += 1
     while size_h > 0:
         now, payload = ht[0], hp[0]
-        size_h = _pop(ht, hs, hp, size_h)
         ev = payload & 3
         hop = (payload >> _HOP_SHIFT) & _HOP_BITS
         op = (payload >> _OP_SHIFT) & _OP_BITS
+        pair = payload >> _PAIR_SHIFT
+        if ev == _HOP and hop != pair_len[pair]:
+            # A chunk crosses a node on its way: its one new event (the arrival at the next
+            # hop) takes its place at the top of the heap.
+            last = (payload >> _LAST_SHIFT) & 1
+            t = _cross_link(rest_of[op] if last else chunk, pair_routes[pair, hop], now, inv_bw,
+                            latency, link_free, link_win, link_meas, link_bytes, window,
+                            inv_window, mstart, mend)
+            size_h = _replace_top(ht, hs, hp, size_h, t, seq, _pack(op, hop + 1, last, _HOP, pair))
+            seq += 1
+            continue
+        size_h = _pop(ht, hs, hp, size_h)
         if ev == _START:
             size_h, seq, instant = _begin(op, now, kind, a, b, value, routes, route_len, inv_bw,
                                           latency, chunk, link_free, gpu_free, link_win,
@@ -267,21 +307,11 @@ def _run_graph(kind, a, b, value, start, deps, succ_ptr, succ_idx, routes, route
                 size_h = _push(ht, hs, hp, size_h, now, seq, _pack(op, 0, 0, _DONE))
                 seq += 1
             continue
-        if ev == _HOP:
-            pair = payload >> _PAIR_SHIFT
-            if hop == pair_len[pair]:
-                chunks_left[op] -= 1
-                if chunks_left[op] > 0:
-                    continue
-                # The last chunk is in: the message is done now (no extra event, as in SimPy).
-            else:
-                last = (payload >> _LAST_SHIFT) & 1
-                size_h = _enter_link(op, pair, hop + 1, last, rest_of[op] if last else chunk,
-                                     pair_routes[pair, hop], now, inv_bw, latency, link_free,
-                                     link_win, link_meas, link_bytes, window, inv_window,
-                                     mstart, mend, ht, hs, hp, size_h, seq)
-                seq += 1
+        if ev == _HOP:  # the last hop
+            chunks_left[op] -= 1
+            if chunks_left[op] > 0:
                 continue
+            # The last chunk is in: the message is done now (no extra event, as in SimPy).
         # The task is done at `now`: release its successors. A released task starts at
         # once, in this event (no heap round trip), unless its own start time is later.
         finish[op] = now
