@@ -361,7 +361,7 @@ def test_swap_search_proves_the_layers_the_start_leaves_open():
     """DeepSeek-V3 on 128 GPUs of a k=4 fat-tree, decoding (``python -m helios.bench
     ilp``'s config, two layers): the start and its optimal shares leave a 3-5% imbalance
     the solver does not close in a second; the swap search proves each layer within 1%
-    by the model's bound, in well under that second's budget."""
+    by the model's bound (its time is a benchmark: ``python -m helios.bench ilp``)."""
     from helios.bench.ilp import decode_overrides
     from helios.cell import prepare
     from helios.config import cell_config
@@ -375,6 +375,5 @@ def test_swap_search_proves_the_layers_the_start_leaves_open():
         assert (start - floor) / start > 0.02
         sol = ilp.solve_layer(model, 5.0, 0.01)
         assert sol.proven_by == "bound" and sol.gap <= 0.01 and sol.search_moves > 0
-        assert sol.solve_s < 2.0
         assert model.evaluate(sol.x, sol.y) == pytest.approx(sol.objective, rel=1e-12)
         assert (sol.x.sum(axis=0) <= model.slots).all() and (sol.x.sum(axis=1) >= 1).all()
