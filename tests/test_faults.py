@@ -506,8 +506,10 @@ def test_ctrl_c_and_sigterm_stop_with_one_line_and_leave_no_ray_process(signame,
     import time
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    # each cell waits 1 s first, so that cells are still to run when the signal comes
-    proc = subprocess.Popen([sys.executable, "-m", "helios.sweep", *FAST, "seed=range(4)",
+    # Each cell waits 1 s first, and 12 cells on 2 workers leave ~5 s of cells after the
+    # first part appears: the signal meets a running sweep even if this test's polling
+    # is starved for seconds (with 4 cells it once came after the last cell, exit 0).
+    proc = subprocess.Popen([sys.executable, "-m", "helios.sweep", *FAST, "seed=range(12)",
                              "+fault.delay_s=1", f"output_dir={tmp_path}"], cwd=tmp_path,
                             env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
