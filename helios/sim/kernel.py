@@ -101,28 +101,6 @@ def _push(ht, hs, hp, n, t, seq, payload):
 
 
 @_njit
-def _pop(ht, hs, hp, n):
-    """Remove the root of the heap (the caller has read it); returns the new size."""
-    n -= 1
-    t, seq, payload = ht[n], hs[n], hp[n]
-    i = 0
-    while True:
-        child = 2 * i + 1
-        if child >= n:
-            break
-        right = child + 1
-        if right < n and (ht[right] < ht[child] or (ht[right] == ht[child] and hs[right] < hs[child])):
-            child = right
-        if t < ht[child] or (t == ht[child] and seq < hs[child]):
-            break
-        ht[i], hs[i], hp[i] = ht[child], hs[child], hp[child]
-        i = child
-    if n > 0:
-        ht[i], hs[i], hp[i] = t, seq, payload
-    return n
-
-
-@_njit
 def _replace_top(ht, hs, hp, n, t, seq, payload):
     """Replace the root of the heap (the caller has read it) by a new event: one sift
     down where a pop and a push would take two; returns the size (unchanged)."""
@@ -139,6 +117,15 @@ def _replace_top(ht, hs, hp, n, t, seq, payload):
         ht[i], hs[i], hp[i] = ht[child], hs[child], hp[child]
         i = child
     ht[i], hs[i], hp[i] = t, seq, payload
+    return n
+
+
+@_njit
+def _pop(ht, hs, hp, n):
+    """Remove the root of the heap (the caller has read it); returns the new size."""
+    n -= 1
+    if n > 0:  # the last entry takes the root's place and sifts down
+        _replace_top(ht, hs, hp, n, ht[n], hs[n], hp[n])
     return n
 
 
