@@ -101,7 +101,6 @@ class EpLayer(_Layer):
                   _rows(np.r_[g, g], np.r_[n + g, c_cols], np.r_[np.full(G, flop_s), -ones], G, width),
                   _rows(np.r_[g, g], np.r_[n + g, c_cols], np.r_[np.full(G, byte_s), -ones], G, width),
                   _rows(np.r_[g, g], np.r_[z0 + g, n + g], np.r_[ones, -ones], G, width)]
-        rigid = self.load @ (x & (copies == 1)[:, None])
         lower = [rigid, np.ones(flex.size), np.full(G, -np.inf), np.full(G, -np.inf),
                  np.full(G, -self.load.sum() / G)]
         upper = [rigid, np.ones(flex.size), np.full(G, -launch_s), -launch_s - weight_s * x.sum(axis=0),

@@ -7,14 +7,18 @@ out, while GPUs holding only single-copy experts sit below it with nothing to ta
 a fat-tree at DeepSeek-V3 scale this is a 1-5% imbalance that HiGHS does not close
 within a second per layer (its root LP alone takes longer on 128 GPUs).
 
-A move swaps two copies (or a copy and a free slot) between a GPU ``g`` of the busiest
-set ``S`` and a GPU ``h`` outside it, neither holding the other's expert. With ``q`` the
-pairs each copy serves now, the swap takes ``d = q_a - q_b > 0`` pairs out of ``S``;
-if the shares spread the rest over ``S`` again, the level becomes about ``max(P_max -
-d / |S|, P[h] + d)``. Candidates are tried in that order, each costed exactly (its
-optimal shares and the layer's objective); the first that lowers the objective is
-taken. The search stops at a target objective (the one the bound proves within the
-gap), at its deadline, or when none of the first ``tries`` candidates improves.
+A move swaps two copies (or a copy and a free slot) between a GPU ``g`` at the top (at
+the busiest level ``P_max`` of pairs, or with a positive price) and any GPU ``h``,
+neither holding the other's expert. With ``q`` the pairs each copy serves now, the swap
+moves ``d = q_a - q_b > 0`` pairs from ``g`` to ``h``, of which ``min(d, P_max - P[h] -
+d)`` leave the top for good; candidates are ranked by that times the drop in price
+(``price[g] - price[h]``, the share LP's dual of a pair on each GPU), then by it alone.
+Each of the first ``tries`` is costed exactly (its optimal shares and the layer's
+objective) and the first that lowers the objective is taken, or the first that keeps it
+and lowers the excess of pairs over the mean GPU (pair counts are integers, so several
+GPUs often tie at the top). The search stops at a target objective (the one the bound
+proves within the gap), at its deadline, or when none of the first ``tries`` candidates
+is taken.
 
 Swaps keep every GPU's copy count, so the weight reads of a full GPU do not change;
 a move into a free slot changes both GPUs' counts, which the exact cost sees.
@@ -35,8 +39,8 @@ def swap_search(model: EpLayer, x: np.ndarray, y: np.ndarray, objective: float, 
                 deadline: float, tries: int = 8) -> tuple[np.ndarray, np.ndarray, float, int]:
     """Improve copies ``x`` (shape (E, G)) and their shares ``y`` by swaps (module doc).
 
-    Returns ``(x, y, objective, moves)``: the best copies (float 0/1), their optimal
-    shares, its objective and the number of moves taken. Deterministic: candidates are
+    Returns ``(x, y, objective, moves)``: the copies reached (float 0/1), their optimal
+    shares, their objective and the number of moves taken. Deterministic: candidates are
     ordered by their estimate, then by their indices.
     """
     x = np.asarray(x) > 0.5
