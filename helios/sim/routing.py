@@ -16,23 +16,35 @@ RHO_MAX = 0.95
 
 
 class Router:
-    """Base router: ``nearest`` — the replica with the lowest no-load path latency.
+    """Base router: ``nearest`` — the replica that one token reaches first on an idle network.
 
-    The path latency of a token-sized message (propagation plus serialisation at the
-    bottleneck, :meth:`Cluster.path_latency`) ranks replicas; ties go to the lowest
-    GPU id. The ranking is static, so it is cached per (source, replica set).
+    Replicas are ranked by the unloaded delivery time of a token-sized message under the
+    engine's own link model (store and forward per chunk, :meth:`Cluster.transfer_time`),
+    so a router never prefers a replica that the simulator delivers to later; ties go to
+    the lowest GPU id. The ranking is static, so it is cached per (source, replica set).
     """
 
     def __init__(self, sim: Any) -> None:
         self.sim = sim
         self._cache: dict[tuple[int, tuple[int, ...]], int] = {}
+        self._unloaded: dict[tuple[int, int], float] = {}
+
+    def unloaded_s(self, src: int, dst: int) -> float:
+        """Seconds for one token's dispatch message from ``src`` to reach ``dst`` on an idle
+        network, by the engine's link model (memoised per pair)."""
+        key = (src, dst)
+        t = self._unloaded.get(key)
+        if t is None:
+            sim = self.sim
+            t = sim.cluster.transfer_time(src, dst, sim.spec.dispatch_token_bytes, sim.network.chunk)
+            self._unloaded[key] = t
+        return t
 
     def choose(self, layer: int, expert: int, src: int, replicas: Sequence[int]) -> int:
         key = (src, tuple(replicas))
         gpu = self._cache.get(key)
         if gpu is None:
-            nbytes = self.sim.spec.dispatch_token_bytes
-            gpu = min(replicas, key=lambda g: (self.sim.cluster.path_latency(src, g, nbytes), g))
+            gpu = min(replicas, key=lambda g: (self.unloaded_s(src, g), g))
             self._cache[key] = gpu
         return gpu
 
@@ -87,8 +99,8 @@ class OracleCongestionRouter(Router):
     link and GPU queue, which no deployment has, so that the value of that knowledge
     can be measured.
 
-    Estimate for replica ``g``: the unloaded path latency of one token from ``src``
-    (:meth:`Cluster.path_latency`), plus the queueing ahead of a chunk entering each
+    Estimate for replica ``g``: the unloaded delivery time of one token from ``src``
+    (:meth:`Router.unloaded_s`), plus the queueing ahead of a chunk entering each
     link of the dispatch route ``src -> g`` and of the combine route ``g -> src`` now
     (the sum of :meth:`Network.backlog` over their links: an estimate, since queues
     drain while the message is upstream and the combine leaves later), plus the GPU's
@@ -97,11 +109,10 @@ class OracleCongestionRouter(Router):
 
     def choose(self, layer: int, expert: int, src: int, replicas: Sequence[int]) -> int:
         sim = self.sim
-        nbytes = sim.spec.dispatch_token_bytes
         route, backlog, gpu_backlog = sim.cluster.route, sim.network.backlog, sim.gpus.backlog
         best, best_cost = -1, float("inf")
         for g in sorted(replicas):
-            cost = (sim.cluster.path_latency(src, g, nbytes) + gpu_backlog(g)
+            cost = (self.unloaded_s(src, g) + gpu_backlog(g)
                     + sum(backlog(link) for link in route(src, g))
                     + sum(backlog(link) for link in route(g, src)))
             if cost < best_cost:
@@ -115,8 +126,8 @@ class CongestionAwareRouter(Router):
     What a deployment can measure: each link's and GPU's busy fraction ``rho`` over the
     newest metering window old enough to be seen (:meth:`Simulation.telemetry_window`:
     ``telemetry.delay_s``, default one window, after it ended), capped at
-    :data:`RHO_MAX`. Estimate for replica ``g``: the unloaded path latency of one token
-    from ``src``, plus for every link of the dispatch and the combine route the M/M/1
+    :data:`RHO_MAX`. Estimate for replica ``g``: the unloaded delivery time of one token
+    from ``src`` (:meth:`Router.unloaded_s`), plus for every link of the dispatch and the combine route the M/M/1
     mean wait ``rho / (1 - rho)`` chunks' serialisation, plus the GPU's ``rho / (1 - rho)``
     times one expert's weight read and launch (a typical job). Ties go to the lowest id.
     """
@@ -144,12 +155,10 @@ class CongestionAwareRouter(Router):
 
     def choose(self, layer: int, expert: int, src: int, replicas: Sequence[int]) -> int:
         self._refresh()
-        sim = self.sim
-        nbytes = sim.spec.dispatch_token_bytes
-        route, wait = sim.cluster.route, self._link_wait
+        route, wait = self.sim.cluster.route, self._link_wait
         best, best_cost = -1, float("inf")
         for g in sorted(replicas):
-            cost = (sim.cluster.path_latency(src, g, nbytes) + self._gpu_wait[g]
+            cost = (self.unloaded_s(src, g) + self._gpu_wait[g]
                     + sum(wait[link] for link in route(src, g))
                     + sum(wait[link] for link in route(g, src)))
             if cost < best_cost:
@@ -164,10 +173,8 @@ class LeastLoadedRouter(Router):
     """
 
     def choose(self, layer: int, expert: int, src: int, replicas: Sequence[int]) -> int:
-        sim = self.sim
-        nbytes = sim.spec.dispatch_token_bytes
-        return min(replicas, key=lambda g: (sim.gpus.backlog(g),
-                                            sim.cluster.path_latency(src, g, nbytes), g))
+        backlog = self.sim.gpus.backlog
+        return min(replicas, key=lambda g: (backlog(g), self.unloaded_s(src, g), g))
 
 
 ROUTERS: dict[str, type[Router]] = {

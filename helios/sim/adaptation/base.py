@@ -65,6 +65,21 @@ def route_table(cluster: Any) -> np.ndarray:
     return table
 
 
+def store_and_forward_s(latency: Any, serial_sum: Any, serial_max: Any, nbytes: float,
+                        chunk: float) -> Any:
+    """Seconds for a message of ``nbytes`` under the engine's store-and-forward link model.
+
+    The first chunk (``min(nbytes, chunk)`` bytes) pays every hop's latency and
+    serialisation; the rest of the message follows at the slowest hop. This is
+    :meth:`Cluster.transfer_time` exactly on an idle route for a message of at most one
+    chunk or of whole chunks; a short last chunk crosses the hops after the slowest one
+    faster, so it is then overstated by less than one chunk's serialisation per hop.
+    Linear in the three per-pair terms, so share-weighted sums of them work too.
+    """
+    first = min(nbytes, chunk)
+    return latency + first * serial_sum + (nbytes - first) * serial_max
+
+
 @dataclass
 class Transfer:
     """One replica's weights on their way from ``src`` to ``dst``."""
@@ -183,14 +198,16 @@ class AdaptationEngine:
             "expert": int(expert), "from_gpu": int(src), "to_gpu": int(dst), "bytes": float(nbytes)})
 
     # ------------------------------------------------------------------ actions
-    def path_cost_matrices(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per GPU pair: summed link latency (s) and bottleneck seconds per byte, inflated
-        by ``1 / (1 - rho)`` of the EWMA link utilisation (M/M/1 waiting), shape (G, G)."""
+    def path_cost_matrices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per GPU pair, shape (G, G) each: ``(latency, serial_sum, serial_max)``, the route's
+        summed link latency (s) and the sum and the largest of its links' seconds per
+        byte, each inflated by ``1 / (1 - rho)`` of the link's EWMA utilisation (M/M/1
+        waiting). :func:`store_and_forward_s` turns them into a message's time."""
         cl = self.sim.cluster
         rho = np.minimum(self.link_util, RHO_MAX)
         latency = np.append(cl.link_latency, 0.0)
-        per_byte = np.append(1.0 / (cl.link_bandwidth * (1.0 - rho)), 0.0)
-        return latency[self.routes].sum(axis=2), per_byte[self.routes].max(axis=2)
+        per_byte = np.append(1.0 / (cl.link_bandwidth * (1.0 - rho)), 0.0)[self.routes]
+        return latency[self.routes].sum(axis=2), per_byte.sum(axis=2), per_byte.max(axis=2)
 
     def start_transfer(self, layer: int, expert: int, dst: int, src: int | None = None) -> Transfer:
         """Copy (layer, expert) onto ``dst`` from ``src`` (default: the serving replica with
@@ -202,8 +219,8 @@ class AdaptationEngine:
         if self.free_slots(layer)[dst] <= 0:
             raise ValueError(f"GPU {dst} has no free slot in layer {layer}")
         if src is None:
-            nbytes = sim.spec.expert_bytes
-            src = min(serving, key=lambda g: (sim.cluster.path_latency(g, dst, nbytes), g))
+            nbytes, chunk = sim.spec.expert_bytes, sim.network.chunk
+            src = min(serving, key=lambda g: (sim.cluster.transfer_time(g, dst, nbytes, chunk), g))
         transfer = Transfer(layer, expert, int(src), int(dst), sim.spec.expert_bytes, sim.env.now)
         self.held[layer, dst] += 1
         self.pending.setdefault((layer, expert), []).append(transfer)

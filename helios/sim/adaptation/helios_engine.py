@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from helios.sim.adaptation.base import RHO_MAX, AdaptationEngine
+from helios.sim.adaptation.base import RHO_MAX, AdaptationEngine, store_and_forward_s
 
 #: A new replica must cut the expected time of the expert's traffic by this share.
 MIN_GAIN = 0.2
@@ -60,11 +60,11 @@ class HeliosEngine(AdaptationEngine):
 
     def refresh_costs(self) -> None:
         """Path costs and path utilisations of this window (from the EWMA link utilisation)."""
-        lat, per_byte = self.path_cost_matrices()
+        terms = self.path_cost_matrices()
         share = self.share
-        self._pair_lat, self._pair_per_byte = lat, per_byte
-        self._lat_in, self._lat_out = share @ lat, lat @ share
-        self._byte_in, self._byte_out = share @ per_byte, per_byte @ share
+        self._pair_terms = terms
+        self._terms_in = tuple(share @ m for m in terms)  # from every home GPU, by its share
+        self._terms_out = tuple(m @ share for m in terms)
         if self._traffic_share is None:
             self._traffic_share = traffic_share(self.routes, share, self.sim.cluster.num_links)
         self.path_util = (self._traffic_share * self.link_util).max(axis=1)
@@ -116,9 +116,9 @@ class HeliosEngine(AdaptationEngine):
                 dst = self._choose_target(layer, expert, projected)
                 if dst is None:
                     break
-                nbytes = sim.spec.expert_bytes
-                src = min(sim.replicas[layer][expert], key=lambda g: (
-                    self._pair_lat[g, dst] + nbytes * self._pair_per_byte[g, dst], g))
+                nbytes, chunk = sim.spec.expert_bytes, sim.network.chunk
+                src = min(sim.replicas[layer][expert], key=lambda g: (store_and_forward_s(
+                    *(m[g, dst] for m in self._pair_terms), nbytes, chunk), g))
                 self.start_transfer(layer, expert, dst, src)
                 budget -= 1
                 tokens, batch_s = self._replica_batch(layer, expert, n + 1)
@@ -139,8 +139,9 @@ class HeliosEngine(AdaptationEngine):
         (default: one more than now) there.
 
         Dispatch of the replica's tokens per request from every home GPU (weighted by
-        its share) plus their combine back: summed link latency + message bytes x the
-        route's inflated bottleneck seconds per byte (:meth:`path_cost_matrices`),
+        its share) plus their combine back, each by the engine's store-and-forward model
+        with every link's serialisation inflated by its utilisation
+        (:meth:`path_cost_matrices`, :func:`store_and_forward_s`),
         times the chance that a token is *not* sent to that GPU anyway for another of
         its experts (``1 - visit_probability``: a token travels once per GPU, so only
         those messages are added); plus the GPU's waiting time, the larger of its queue backlog now and the
@@ -154,8 +155,9 @@ class HeliosEngine(AdaptationEngine):
         rho = np.minimum(projected, RHO_MAX)
         backlog = np.array([self.sim.gpus.backlog(g) for g in range(self.sim.num_gpus)])
         wait = np.maximum(backlog, batch_s * rho / (1.0 - rho))
-        network = (self._lat_in + self._lat_out + tokens * spec.dispatch_token_bytes * self._byte_in
-                   + tokens * spec.combine_token_bytes * self._byte_out)
+        chunk = self.sim.network.chunk
+        network = (store_and_forward_s(*self._terms_in, tokens * spec.dispatch_token_bytes, chunk)
+                   + store_and_forward_s(*self._terms_out, tokens * spec.combine_token_bytes, chunk))
         return network * (1.0 - self.visit_probability(layer, expert)) + wait
 
     def visit_probability(self, layer: int, expert: int) -> np.ndarray:
