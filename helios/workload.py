@@ -26,6 +26,8 @@ seed otherwise.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -250,12 +252,8 @@ class Workload:
         -------
         ndarray, shape (layers, num_experts)
         """
-        rng = np.random.default_rng([*self._pop_entropy, 3])
-        pop = self.scenario.popularity(t)
-        load = np.empty((self.layers, self.num_experts))
-        for layer in range(self.layers):
-            picks = sample_top_k(pop[layer], profile_tokens, self.top_k, rng)
-            load[layer] = np.bincount(picks.ravel(), minlength=self.num_experts) / profile_tokens
+        pop = np.ascontiguousarray(self.scenario.popularity(t)[:self.layers])
+        load = _profile(tuple(self._pop_entropy), pop, self.top_k, profile_tokens)
         mean_tokens = self.cfg.tokens_per_request
         return load * self.scenario.rate(t) * mean_tokens
 
@@ -264,6 +262,37 @@ class Workload:
         share = np.zeros(self.num_gpus)
         share[:self.home_gpus] = 1.0 / self.home_gpus
         return share
+
+
+#: Profiles of recent calls, keyed by everything a profile depends on; cells that share
+#: a popularity (``scenario.popularity_seed``, the default) differ only in their seed,
+#: which the profile does not read, so a worker measures it once per sweep.
+_PROFILES: OrderedDict[tuple, np.ndarray] = OrderedDict()
+_PROFILES_KEPT = 32
+
+
+def _profile(entropy: tuple[int, ...], pop: np.ndarray, k: int, tokens: int) -> np.ndarray:
+    """Share of ``tokens`` profiling tokens that pick each expert, per layer: shape (L, E).
+
+    Drawn from a stream of its own, ``default_rng([*entropy, 3])``, layer by layer, so
+    the result is a pure function of the arguments, and memoised (read-only arrays).
+    """
+    key = (entropy, pop.shape, hashlib.sha256(pop.tobytes()).hexdigest(), k, tokens)
+    found = _PROFILES.get(key)
+    if found is not None:
+        _PROFILES.move_to_end(key)
+        return found
+    rng = np.random.default_rng([*entropy, 3])
+    layers, experts = pop.shape
+    load = np.empty((layers, experts))
+    for layer in range(layers):
+        picks = sample_top_k(pop[layer], tokens, k, rng)
+        load[layer] = np.bincount(picks.ravel(), minlength=experts) / tokens
+    load.flags.writeable = False
+    _PROFILES[key] = load
+    if len(_PROFILES) > _PROFILES_KEPT:
+        _PROFILES.popitem(last=False)
+    return load
 
 
 # Registers the drift scenarios (and their configs) under their names; kept last so

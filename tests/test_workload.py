@@ -86,6 +86,31 @@ def test_expected_load_matches_the_gate_draws_of_the_requests():
     assert observed.sum() == pytest.approx(load.sum(), rel=0.1)
 
 
+def test_expected_load_is_profiled_once_for_cells_that_share_a_popularity(monkeypatch):
+    """Cells that differ only in their seed share the popularity and so the profile: a
+    worker draws it once. The memo must not merge what differs (popularity, rate, k)."""
+    import helios.workload as wmod
+
+    monkeypatch.setattr(wmod, "_PROFILES", wmod.OrderedDict())
+    draws = []
+    real = wmod.sample_top_k
+    monkeypatch.setattr(wmod, "sample_top_k", lambda *a: draws.append(1) or real(*a))
+    first = workload(seed=1, rate=500.0).expected_load()
+    profiled = len(draws)
+    assert profiled == 2  # one batch per layer
+    same = workload(seed=7, rate=1000.0).expected_load()
+    assert len(draws) == profiled  # memoised: only the seed and the rate differ
+    np.testing.assert_array_equal(same, 2 * first)
+    first[0, 0] = -1.0  # a caller's array is its own
+    assert workload(seed=1, rate=500.0).expected_load()[0, 0] >= 0
+    own = workload(seed=1, rate=500.0, popularity_seed=None).expected_load()
+    assert len(draws) == 2 * profiled  # another popularity: profiled anew
+    assert not np.array_equal(own, first)
+    drift = Workload(config("scenario=gradual_drift").scenario, 16, 2, 8, layers=2, duration=2.0, seed=1)
+    early, late = drift.expected_load(0.0), drift.expected_load(1.9)
+    assert not np.array_equal(early, late)  # the popularity at time t is part of the key
+
+
 def test_moe_figures_for_deepseek_v3_on_h100():
     cfg = config("model=deepseek_v3", base=())
     spec = model_spec(cfg.model, cfg.gpu)
