@@ -12,7 +12,8 @@ and the mean rank's grouped-GEMM time in each; and how many servers other than i
 own one token of GPU 0 reaches in a dispatch (``per_node`` sends a token once per
 destination server), from 4096 tokens per simulated layer drawn from the layer's
 popularity at time 0, each expert's copy drawn by the placement's shares as
-``weighted`` routing does (equal shares: as ``round_robin`` routing does on average). The placement comes from the cache under ``output_dir``.
+``weighted`` routing does (equal shares: as ``round_robin`` routing does on average).
+The placement comes from the cache under ``output_dir``.
 """
 
 from __future__ import annotations

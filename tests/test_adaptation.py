@@ -424,11 +424,12 @@ def test_helios_dynamic_path_costs_are_the_engines_store_and_forward_times():
         for d in range(sim.num_gpus):
             pair = [m[s, d] for m in terms]
             one_chunk_per_hop = sum(chunk / cluster.link_bandwidth[k] for k in cluster.route(s, d))
-            for nbytes in (4096.0, 0.3 * chunk, chunk, 3 * chunk):  # one chunk or whole chunks: exact
+            for nbytes in (4096.0, 0.3 * chunk, chunk, 3 * chunk):  # at most a chunk, or whole ones
                 assert store_and_forward_s(*pair, nbytes, chunk) == pytest.approx(
                     cluster.transfer_time(s, d, nbytes, chunk), rel=1e-12, abs=1e-15)
             exact = cluster.transfer_time(s, d, 3.5 * chunk, chunk)  # a short last chunk
-            assert exact - 1e-15 <= store_and_forward_s(*pair, 3.5 * chunk, chunk) <= exact + one_chunk_per_hop
+            estimate = store_and_forward_s(*pair, 3.5 * chunk, chunk)
+            assert exact - 1e-15 <= estimate <= exact + one_chunk_per_hop
 
 
 def test_router_registry():

@@ -18,7 +18,8 @@ transfer starts), so held <= slots at every instant. An expert never gains a rep
 while it has ``max(max_replicas_per_expert, its initial replica count)`` serving or
 incoming. A new replica copies ``spec.expert_bytes`` from a serving replica of the
 expert (helios_dynamic: the cheapest path to the target under the current link
-utilisation; eplb_dynamic: the lowest unloaded path latency) with ``sim.network.send``: the bytes share the FIFO link queues with
+utilisation; eplb_dynamic: the earliest idle-network delivery, both by the engine's
+store-and-forward model) with ``sim.network.send``: the bytes share the FIFO link queues with
 token traffic, by default one network chunk at a time (``paced_transfers``, see
 :meth:`AdaptationEngine._send_paced`). The replica is added to the serving set
 (``sim.set_replicas``) only when the last byte has arrived. An eviction takes the replica out of the serving
