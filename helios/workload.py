@@ -246,7 +246,8 @@ class Workload:
         The per-token inclusion probability of an expert under top-k sampling without
         replacement has no closed form, so it is measured on a profiling batch of
         ``profile_tokens`` tokens drawn from a stream of its own (the same for every
-        cell seed that shares the popularity).
+        cell seed that shares the popularity), once per process for each popularity
+        (:func:`_profile`).
 
         Returns
         -------
