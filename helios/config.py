@@ -638,9 +638,10 @@ def _check_ep(cfg: CellConfig) -> None:
         raise ConfigError("strategy.adaptation.migration_gbyte_s", adapt.migration_gbyte_s,
                           "null with strategy.adaptation.transfer=stop_the_world (a budget "
                           "paces background copies; set transfer=async)")
-    if cfg.strategy.routing not in ("nearest", "round_robin", "weighted"):
+    if cfg.strategy.routing == "least_loaded":
         raise ConfigError("strategy.routing", cfg.strategy.routing,
-                          "nearest, round_robin or weighted with serving=ep")
+                          "nearest, round_robin, weighted, congestion_aware or oracle_congestion "
+                          "with serving=ep (a step leaves no GPU queue to compare)")
     if cfg.serving.dispatch == "per_node" and cfg.topology.gpus_per_server == 1:
         raise ConfigError("serving.dispatch", "per_node",
                           "per_gpu or per_expert on servers of one GPU (per_node forwards "

@@ -116,8 +116,7 @@ BAD_INPUTS = [
     (["strategy=eplb_dynamic", "strategy.adaptation.migration_gbyte_s=5"],
      "strategy.adaptation.migration_gbyte_s=5.0"),
     (["*REQUEST", "model=tiny", "strategy=eplb_dynamic_sglang"], "strategy=eplb_dynamic_sglang"),
-    (["strategy.routing=oracle_congestion"], "strategy.routing=oracle_congestion"),
-    (["strategy.routing=congestion_aware"], "strategy.routing=congestion_aware"),
+    (["strategy.routing=least_loaded"], "strategy.routing=least_loaded"),
     # experts that do not fit in one cell of a sweep: refused before any cell runs
     (["--multirun", "+sweep=smoke", "strategy=round_robin",
       "gpu.expert_memory_fraction=0.5,0.000001"], "gpu.expert_memory_fraction=1e-06"),

@@ -227,6 +227,60 @@ def test_weighted_routing_sends_each_replica_its_share():
         assert np.mean(gpu[(experts == 0) & (src[:, None] == rank)] == 0) == pytest.approx(0.7, abs=0.1)
 
 
+def test_telemetry_window_is_the_newest_seen_one():
+    from helios.sim.ep.congestion import telemetry_window
+
+    # window 0 is [0, 0.05): it ended at 0.05 and is seen one window later, at 0.1
+    assert telemetry_window(0.099, 0.05, None) == -1
+    assert telemetry_window(0.1, 0.05, None) == 0
+    assert telemetry_window(0.1, 0.05, 0.0) == 1
+    assert telemetry_window(0.26, 0.05, 0.02) == 3  # window 3 ended at 0.2, seen from 0.22
+
+
+def _two_copy_sim(router: str):
+    """Expert 0 of layer 0 on GPU 0 (rank 1's server) and GPU 5 (the other server)."""
+    cfg = config(f"strategy.routing={router}", "sim.window_s=0.05")
+    cluster, _spec, workload, ctx = prepare(cfg)
+    placement, _ = obtain_placement(ctx, None)
+    placement.replicas[0][0] = [0, 5]
+    placement.shares = None
+    return cluster, workload, EpSimulation(cluster, cfg, placement, workload)
+
+
+@pytest.mark.parametrize("router", ["congestion_aware", "oracle_congestion"])
+def test_congestion_routers_turn_from_a_busy_path_to_an_idle_one(router):
+    cluster, workload, sim = _two_copy_sim(router)
+    src = 1
+    busy = cluster.route(src, 0)[-1]  # the NVLink into GPU 0
+    assert busy not in cluster.route(src, 5) + cluster.route(5, src)
+    assert sim.nearest[0][src, 0] == 0  # idle: the copy in its own server
+    if router == "congestion_aware":
+        sim.links.link_win[0, busy] = 0.9 * sim.window  # 90% busy in window 0, [0, 0.05)
+        sim._refresh_ranking(0.099)
+        assert sim.nearest[0][src, 0] == 0  # window 0 is not yet seen (one window late)
+        sim._refresh_ranking(0.1)
+    else:
+        sim.links.link_free[busy] = 1e-3  # 1 ms of weight copies queued on it now
+        sim._refresh_ranking(0.0)
+    assert sim.nearest[0][src, 0] == 5
+    tokens = np.full(cluster.num_gpus, 200.0)
+    src_of, gpu, experts = sim._gate(tokens, workload.scenario.popularity(0.0))[0]
+    mine = (experts == 0) & (src_of[:, None] == src)
+    assert mine.any() and (gpu[mine] == 5).all()
+    if router == "oracle_congestion":
+        sim._refresh_ranking(2e-3)  # the queue has drained
+        assert sim.nearest[0][src, 0] == 0
+
+
+@pytest.mark.parametrize("router", ["congestion_aware", "oracle_congestion"])
+def test_congestion_routed_cells_conserve_tokens_and_repeat(router):
+    a = _ep_sim("strategy=helios_static", f"strategy.routing={router}", "sim.drain_s=2")
+    assert a.pairs_dispatched == a.pairs_computed > 0
+    assert all(r.generated == r.output for r in a.requests)
+    b = _ep_sim("strategy=helios_static", f"strategy.routing={router}", "sim.drain_s=2")
+    assert [s.end_s for s in a.steps] == [s.end_s for s in b.steps]
+
+
 @pytest.mark.parametrize("dispatch,ranks,tokens", [("per_expert", 16, 128), ("per_node", 16, 512)])
 def test_the_fixed_phase_cost_adds_exactly_once_per_dispatch_and_combine(dispatch, ranks, tokens):
     """serving.phase_overhead_us sits between a phase's last arrival and what waits for it:

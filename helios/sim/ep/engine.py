@@ -22,9 +22,11 @@ Model (how SGLang, vLLM and DeepSeek serve MoE with DP attention + EP MoE):
 * **Replicas**: a token goes to one replica of each chosen expert: the nearest one by
   unloaded delivery time of one token from its rank under the engine's own
   store-and-forward link model (:meth:`Cluster.transfer_time`;
-  ``strategy.routing=nearest``), the next in turn (``round_robin``, token by token), or
+  ``strategy.routing=nearest``), the next in turn (``round_robin``, token by token),
   one drawn by the placement's shares (``weighted``, a uniform draw per pair from the
-  gate stream; equal shares where the placement names none).
+  gate stream; equal shares where the placement names none), or the cheapest by delayed
+  telemetry or by the exact queues (``congestion_aware``, ``oracle_congestion``:
+  :mod:`helios.sim.ep.congestion`, re-ranked at step starts).
 * **Network**: the step's messages go through the compiled FIFO-link kernel
   (:mod:`helios.sim.kernel`), exactly the link model of ``serving=request``; link
   queues persist across steps. SimPy sees one event per step: a step's tasks are
@@ -47,6 +49,7 @@ import simpy
 
 from helios.config import GIB, CellConfig
 from helios.placement.base import Placement
+from helios.sim.ep.congestion import TELEMETRY_ROUTERS, congestion_cost, oracle_cost, telemetry_window
 from helios.sim.ep.roofline import step_costs
 from helios.sim.ep.scheduler import Batch, RankScheduler, ServedRequest
 from helios.sim.ep.step import StepBuilder, layer_traffic
@@ -54,6 +57,9 @@ from helios.sim.kernel import LinkState
 from helios.sim.ep.gate import alias_table, fast_top_k
 from helios.workload import Workload
 
+
+#: Routers that send each (rank, expert)'s tokens to one replica, ranked by a pair cost.
+RANKED = ("nearest", *TELEMETRY_ROUTERS)
 
 @dataclass
 class StepRecord:
@@ -158,12 +164,14 @@ class EpSimulation:
         self.replica_count = np.zeros((self.layers, E), dtype=np.int64)
         self.share_cum = np.ones((self.layers, E, width))
         self.nearest = np.zeros((self.layers, G, E), dtype=np.int64)
-        if routing == "nearest":
+        if routing in RANKED:
             # Cost of one token's dispatch under the engine's own (store-and-forward) model.
             nbytes = self.cfg.model.hidden_size * self.cfg.model.dispatch_bytes
             chunk = self.sim_cfg.chunk_kib * 1024
             self._dispatch_s = np.array([[self.cluster.transfer_time(s, d, nbytes, chunk)
                                           for d in range(G)] for s in range(G)])
+            self._pair_cost, self._seen_window = self._dispatch_s, -1
+            self._gpu_job_s = float(self.costs.grouped_gemm(np.ones(1), np.ones(1))[0])
         for l, (layer, shares) in enumerate(zip(placement.replicas, placement.share_table())):
             self.set_layer(l, layer, shares)
 
@@ -183,13 +191,31 @@ class EpSimulation:
             self.replica_count[layer, e] = len(gpus)
             cum[e, :] = 1.0
             cum[e, :len(share)] = np.cumsum(share)
-        if self.routing == "nearest":
-            valid = np.arange(table.shape[1])[None, :] < self.replica_count[layer][:, None]
-            # cost[s, e, r]; ties go to the lowest GPU id, as the request model's router.
-            cost = self._dispatch_s[:, table] * 1e6 + table[None] * 1e-9
-            cost = np.where(valid[None], cost, np.inf)
-            best = np.argmin(cost, axis=2)  # (G, E)
-            self.nearest[layer] = np.take_along_axis(table[None], best[..., None], axis=2)[..., 0]
+        if self.routing in RANKED:
+            self._rank_replicas(layer)
+
+    def _rank_replicas(self, layer: int) -> None:
+        """Each rank's replica of every expert of ``layer``: the cheapest by ``_pair_cost``."""
+        table = self.replica_table[layer]
+        valid = np.arange(table.shape[1])[None, :] < self.replica_count[layer][:, None]
+        # cost[s, e, r]; ties go to the lowest GPU id, as the request model's router.
+        cost = self._pair_cost[:, table] * 1e6 + table[None] * 1e-9
+        cost = np.where(valid[None], cost, np.inf)
+        best = np.argmin(cost, axis=2)  # (G, E)
+        self.nearest[layer] = np.take_along_axis(table[None], best[..., None], axis=2)[..., 0]
+
+    def _refresh_ranking(self, now: float) -> None:
+        """Re-rank replicas by the network's state at a step's start (congestion routers)."""
+        if self.routing == "congestion_aware":
+            w = telemetry_window(now, self.window, self.cfg.telemetry.delay_s)
+            if w == self._seen_window:
+                return
+            self._seen_window = w
+            self._pair_cost = congestion_cost(self.links, self._dispatch_s, w, self._gpu_job_s)
+        else:
+            self._pair_cost = oracle_cost(self.links, self._dispatch_s, now)
+        for layer in range(self.layers):
+            self._rank_replicas(layer)
 
     def _network_state(self) -> None:
         self.window = self.sim_cfg.window_s
@@ -301,7 +327,7 @@ class EpSimulation:
                 out.append((src, empty, empty))
                 continue
             experts = fast_top_k(popularity[l], count, self.top_k, rng, self._alias(l, popularity[l]))
-            if self.routing == "nearest":
+            if self.routing in RANKED:
                 gpu = self.nearest[l][src[:, None], experts]
             elif self.routing == "weighted":
                 u = rng.random(experts.shape)
@@ -325,6 +351,8 @@ class EpSimulation:
         now = self.env.now
         measured = self.start <= now < self.end
         popularity = self.workload.scenario.popularity(now)
+        if self.routing in TELEMETRY_ROUTERS:
+            self._refresh_ranking(now)
         G, E = self.num_gpus, self.num_experts
         attn, gemm, traffic = [], [], []
         gemm_total = np.zeros(G)
