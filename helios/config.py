@@ -313,8 +313,9 @@ class TelemetryConfig:
 
     delay_s: typing.Optional[float] = spec(
         None, "age of the telemetry routers and adaptation engines see, s (null: one "
-              "sim.window_s for serving=request's link and GPU meters; serving=ep's engines see "
-              "the expert counts of completed steps, no older)", ge=0, le=3600)
+              "sim.window_s for the link and GPU meters, which the congestion_aware router "
+              "reads in both serving models; serving=ep's engines see the expert counts of "
+              "completed steps, no older)", ge=0, le=3600)
 
 
 @dataclass(frozen=True)
