@@ -273,12 +273,10 @@ def test_congestion_routers_turn_from_a_busy_path_to_an_idle_one(router):
 
 
 @pytest.mark.parametrize("router", ["congestion_aware", "oracle_congestion"])
-def test_congestion_routed_cells_conserve_tokens_and_repeat(router):
-    a = _ep_sim("strategy=helios_static", f"strategy.routing={router}", "sim.drain_s=2")
-    assert a.pairs_dispatched == a.pairs_computed > 0
-    assert all(r.generated == r.output for r in a.requests)
-    b = _ep_sim("strategy=helios_static", f"strategy.routing={router}", "sim.drain_s=2")
-    assert [s.end_s for s in a.steps] == [s.end_s for s in b.steps]
+def test_congestion_routed_cells_conserve_tokens(router):
+    sim = _ep_sim("strategy=helios_static", f"strategy.routing={router}", "sim.drain_s=2")
+    assert sim.pairs_dispatched == sim.pairs_computed > 0
+    assert all(r.generated == r.output for r in sim.requests)
 
 
 @pytest.mark.parametrize("dispatch,ranks,tokens", [("per_expert", 16, 128), ("per_node", 16, 512)])
