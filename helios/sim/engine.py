@@ -22,8 +22,6 @@ latency.
 
 from __future__ import annotations
 
-import math
-
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +33,7 @@ from simpy.events import Timeout
 from helios.moe import ModelSpec
 from helios.placement.base import Placement
 from helios.sim.network import LinkMeter, Network
-from helios.sim.routing import make_router
+from helios.sim.routing import make_router, telemetry_window
 from helios.workload import Request, Workload
 
 
@@ -257,7 +255,7 @@ class Simulation:
     def telemetry_window(self, now: float) -> int:
         """Newest metering window whose telemetry is visible at ``now`` (-1: none yet):
         the last window that ended ``telemetry_delay_s`` or more before ``now``."""
-        return int(math.floor((now - self.telemetry_delay_s) / self.cfg.window_s + 1e-9)) - 1
+        return telemetry_window(now, self.cfg.window_s, self.telemetry_delay_s)
 
     def run(self) -> "Simulation":
         """Run to the horizon; returns ``self`` for chaining."""

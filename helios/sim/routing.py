@@ -6,6 +6,7 @@ and returns one of them. Routers are looked up by name with :func:`make_router`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,13 @@ from helios.errors import ConfigError
 
 #: Utilisations are capped here in the M/M/1 inflation ``rho / (1 - rho)``.
 RHO_MAX = 0.95
+
+
+def telemetry_window(now: float, window: float, delay: float | None) -> int:
+    """Newest metering window whose telemetry is visible at ``now`` (-1: none yet): the
+    last window that ended ``delay`` (None: one ``window``) or more before ``now``."""
+    delay = window if delay is None else delay
+    return int(math.floor((now - delay) / window + 1e-9)) - 1
 
 
 class Router:

@@ -24,19 +24,12 @@ from __future__ import annotations
 import numpy as np
 
 from helios.sim.kernel import LinkState
-from helios.sim.routing import RHO_MAX
+from helios.sim.routing import RHO_MAX, telemetry_window
 
 __all__ = ["TELEMETRY_ROUTERS", "telemetry_window", "congestion_cost", "oracle_cost"]
 
 #: Routers whose replica choice follows the network's state, refreshed between steps.
 TELEMETRY_ROUTERS = ("congestion_aware", "oracle_congestion")
-
-
-def telemetry_window(now: float, window: float, delay: float | None) -> int:
-    """Index of the newest window ended at least ``delay`` (None: one window) before ``now``;
-    -1 if none has."""
-    delay = window if delay is None else delay
-    return int(np.floor((now - delay) / window + 1e-9)) - 1
 
 
 def _route_sum(links: LinkState, per_link: np.ndarray) -> np.ndarray:
