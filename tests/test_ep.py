@@ -228,7 +228,7 @@ def test_weighted_routing_sends_each_replica_its_share():
 
 
 def test_telemetry_window_is_the_newest_seen_one():
-    from helios.sim.ep.congestion import telemetry_window
+    from helios.sim.routing import telemetry_window
 
     # window 0 is [0, 0.05): it ended at 0.05 and is seen one window later, at 0.1
     assert telemetry_window(0.099, 0.05, None) == -1

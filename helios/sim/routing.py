@@ -136,8 +136,9 @@ class CongestionAwareRouter(Router):
     ``telemetry.delay_s``, default one window, after it ended), capped at
     :data:`RHO_MAX`. Estimate for replica ``g``: the unloaded delivery time of one token
     from ``src`` (:meth:`Router.unloaded_s`), plus for every link of the dispatch and the
-    combine route the M/M/1 mean wait ``rho / (1 - rho)`` chunks' serialisation, plus the GPU's ``rho / (1 - rho)``
-    times one expert's weight read and launch (a typical job). Ties go to the lowest id.
+    combine route the M/M/1 mean wait ``rho / (1 - rho)`` chunks' serialisation, plus the
+    GPU's ``rho / (1 - rho)`` times one expert's weight read and launch (a typical job).
+    Ties go to the lowest id.
     """
 
     def __init__(self, sim: Any) -> None:

@@ -24,9 +24,9 @@ from __future__ import annotations
 import numpy as np
 
 from helios.sim.kernel import LinkState
-from helios.sim.routing import RHO_MAX, telemetry_window
+from helios.sim.routing import RHO_MAX
 
-__all__ = ["TELEMETRY_ROUTERS", "telemetry_window", "congestion_cost", "oracle_cost"]
+__all__ = ["TELEMETRY_ROUTERS", "congestion_cost", "oracle_cost"]
 
 #: Routers whose replica choice follows the network's state, refreshed between steps.
 TELEMETRY_ROUTERS = ("congestion_aware", "oracle_congestion")

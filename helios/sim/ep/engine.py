@@ -49,11 +49,12 @@ import simpy
 
 from helios.config import GIB, CellConfig
 from helios.placement.base import Placement
-from helios.sim.ep.congestion import TELEMETRY_ROUTERS, congestion_cost, oracle_cost, telemetry_window
+from helios.sim.ep.congestion import TELEMETRY_ROUTERS, congestion_cost, oracle_cost
 from helios.sim.ep.roofline import step_costs
 from helios.sim.ep.scheduler import Batch, RankScheduler, ServedRequest
 from helios.sim.ep.step import StepBuilder, layer_traffic
 from helios.sim.kernel import LinkState
+from helios.sim.routing import telemetry_window
 from helios.sim.ep.gate import alias_table, fast_top_k
 from helios.workload import Workload
 
