@@ -34,7 +34,7 @@ from helios.sim.metrics import cell_metrics, window_records
 from helios.workload import Workload
 
 #: Bumped whenever a change to the simulator can change any result; part of every cell id.
-SIM_MODEL_VERSION = "helios-sim-5"
+SIM_MODEL_VERSION = "helios-sim-6"
 
 #: Config sections that do not change a cell's results (excluded from its id).
 NON_SEMANTIC = ("ray", "output_dir", "sweep", "record", "rerun")

@@ -21,7 +21,10 @@ do, idle ones with an empty batch) and every simulated MoE layer ``l``:
   received; it waits for all of ``j``'s incoming dispatch messages and ``attn[l, j]``;
 * **combine** messages send the results back by the reverse routes (``per_node``:
   NVLink to the relay GPU, which sends one RDMA copy per token and server), each
-  waiting for the GEMM that produced it.
+  waiting for the GEMM that produced it. ``per_node`` combines go in pieces, relayed
+  and direct alike, and a GPU sends piece ``k`` of every flow before piece ``k + 1``
+  (DeepEP's channels walk their tokens in order), so its own server's results do not
+  hold back what the relays must send over RDMA.
 
 No barrier is added: a GEMM waits for its inputs, a layer for its combines, so the
 slowest rank paces everyone. ``serving.phase_overhead_us`` adds a fixed cost on the
@@ -257,19 +260,27 @@ class StepBuilder:
         fwd = self._messages(graph, VIA[o2], JC[o2], FC[o2], self.db)
         graph.edges(rdma_id[KQ[o2], RC[o2], node[JC[o2]]], fwd)
         graph.edges(fwd, into_gemm[JC[o2]])
-        # Combine, each GPU in its own staggered order: direct NVLink back within a server;
-        # NVLink pieces to the relay, which sends one RDMA copy per token and piece.
-        ob = self._order(jd, self._key(jd, rd))
-        direct_back = self._messages(graph, jd[ob], rd[ob], t.per_gpu[rd[ob], jd[ob]], self.cb)
-        graph.edges(gemm[jd[ob]], direct_back)
-        o3 = np.lexsort((self._key(JC, VIA), KQ, JC))
-        nvl_back = self._messages(graph, JC[o3], VIA[o3], FC[o3], self.cb)
-        graph.edges(gemm[JC[o3]], nvl_back)
+        # Combine. Every GPU sends its results over NVLink: relayed flows in pieces to
+        # the relay, which sends one RDMA copy per token and piece once that piece is in
+        # from all its GPUs; flows back within the server as direct pieces. A GPU sends
+        # piece k of all its flows (relayed and direct, in staggered order) before piece
+        # k + 1, as DeepEP's channels walk their tokens in order; direct flows sent first
+        # would hold every relay's first RDMA piece back by a whole direct phase.
+        RDk, JDk = np.tile(rd, K), np.tile(jd, K)
+        KD = np.repeat(np.arange(K), rd.size)
+        snd, rcv = np.concatenate([JC, JDk]), np.concatenate([VIA, RDk])
+        piece = np.concatenate([KQ, KD])
+        count = np.concatenate([FC, self._pieces(t.per_gpu[rd, jd]).ravel()])
+        ob = np.lexsort((self._key(snd, rcv), piece, snd))
+        back = self._messages(graph, snd[ob], rcv[ob], count[ob], self.cb)
+        graph.edges(gemm[snd[ob]], back)
+        relayed = ob < JC.size
+        o3, od = ob[relayed], ob[~relayed]
         o4 = np.lexsort((self._key(Rel, node[R], nodes=True), Kp, Rel))
         rdma_back = self._messages(graph, Rel[o4], R[o4], C[o4], self.cb)
         back_id = np.full((K, G, N), -1, dtype=np.int64)
         back_id[Kp[o4], R[o4], Nn[o4]] = rdma_back
-        graph.edges(nvl_back, back_id[KQ[o3], RC[o3], node[JC[o3]]])
-        ends = np.concatenate([rdma_back, direct_back, gemm])
-        ranks = np.concatenate([R[o4], rd[ob], self.ranks])
+        graph.edges(back[relayed], back_id[KQ[o3], RC[o3], node[JC[o3]]])
+        ends = np.concatenate([rdma_back, back[~relayed], gemm])
+        ranks = np.concatenate([R[o4], rcv[od], self.ranks])
         return ends, ranks
