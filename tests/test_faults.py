@@ -306,8 +306,11 @@ def test_unwritable_results_folder_is_one_line_exit_2_before_anything_runs(
     assert after == before  # nothing written, not even Hydra's record
 
 
-@pytest.mark.parametrize("mode", [[], [*FAST[:2], "strategy=round_robin", "seed=0,1,2"]],
-                         ids=["single", "multirun"])
+@pytest.mark.parametrize("mode", [
+    [],
+    # the same write path under a sweep; slow (~30 s), so not in the default suite
+    pytest.param([*FAST[:2], "strategy=round_robin", "seed=0,1,2"], marks=pytest.mark.slow),
+], ids=["single", "multirun"])
 def test_a_disk_that_fills_up_is_one_line_exit_1_and_keeps_what_was_written(
         mode, ray_local, tmp_path, capsys, monkeypatch):
     import errno
@@ -445,7 +448,9 @@ def test_the_sweep_cache_actor_solves_again_over_bad_cache_files(ray_local, tmp_
 
 
 # ----------------------------------------------------------------------------- node
-# Last in the file: it replaces the session's local Ray by a two-node cluster.
+# Last in the file: it replaces the session's local Ray by a two-node cluster. Slow (~1 min):
+# the default suite keeps test_sweep.py's worker killed on a two-node cluster.
+@pytest.mark.slow
 def test_a_lost_node_mid_sweep_leaves_the_sweep_complete_on_the_other(ray_cluster, tmp_path):
     from helios.runner import run_sweep
 
@@ -500,7 +505,10 @@ def test_a_truncated_cells_part_is_reported_and_its_cell_runs_again(tmp_path):
     assert [c.cell_id for c in todo] == [part.stem.removeprefix("part-")] and not done
 
 
-@pytest.mark.parametrize("signame,status", [("SIGINT", 130), ("SIGTERM", 143)])
+@pytest.mark.parametrize("signame,status", [
+    ("SIGINT", 130),
+    pytest.param("SIGTERM", 143, marks=pytest.mark.slow),  # the same handler; ~25 s
+])
 def test_ctrl_c_and_sigterm_stop_with_one_line_and_leave_no_ray_process(signame, status, tmp_path):
     import signal
     import time

@@ -402,17 +402,22 @@ class TaskGraph:
 
     def add(self, kind: int, a, b, value, start=0.0) -> np.ndarray:
         """Append tasks (arrays broadcast together); returns their ids."""
-        a, b, value, start = np.broadcast_arrays(np.asarray(a, dtype=np.int64),
-                                                 np.asarray(b, dtype=np.int64),
-                                                 np.asarray(value, dtype=float),
-                                                 np.asarray(start, dtype=float))
-        count = a.size
-        ids = np.arange(self.size, self.size + count, dtype=np.int64).reshape(a.shape)
+        parts = [np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64),
+                 np.asarray(value, dtype=float), np.asarray(start, dtype=float)]
+        shapes = {p.shape for p in parts if p.ndim}
+        if len(shapes) > 1:
+            parts = np.broadcast_arrays(*parts)
+            shape = parts[0].shape
+        else:  # a step adds ~40 task arrays per layer: skip broadcast_arrays' overhead
+            shape = shapes.pop() if shapes else ()
+        count = int(np.prod(shape))
+        flat = [p.ravel() if p.ndim else np.full(count, p, dtype=p.dtype) for p in parts]
+        ids = np.arange(self.size, self.size + count, dtype=np.int64).reshape(shape)
         self._kind.append(np.full(count, kind, dtype=np.int8))
-        self._a.append(a.ravel())
-        self._b.append(b.ravel())
-        self._value.append(value.ravel())
-        self._start.append(start.ravel())
+        self._a.append(flat[0])
+        self._b.append(flat[1])
+        self._value.append(flat[2])
+        self._start.append(flat[3])
         self.size += count
         return ids
 
@@ -426,8 +431,9 @@ class TaskGraph:
 
     def edges(self, before, after) -> None:
         """Task ``after[i]`` waits for task ``before[i]`` (arrays broadcast together)."""
-        before, after = np.broadcast_arrays(np.asarray(before, dtype=np.int64),
-                                            np.asarray(after, dtype=np.int64))
+        before, after = np.asarray(before, dtype=np.int64), np.asarray(after, dtype=np.int64)
+        if before.shape != after.shape:
+            before, after = np.broadcast_arrays(before, after)
         self._edges_from.append(before.ravel())
         self._edges_to.append(after.ravel())
 
