@@ -253,23 +253,23 @@ def test_congestion_routers_turn_from_a_busy_path_to_an_idle_one(router):
     src = 1
     busy = cluster.route(src, 0)[-1]  # the NVLink into GPU 0
     assert busy not in cluster.route(src, 5) + cluster.route(5, src)
-    assert sim.nearest[0][src, 0] == 0  # idle: the copy in its own server
+    assert sim.replicas.nearest[0][src, 0] == 0  # idle: the copy in its own server
     if router == "congestion_aware":
         sim.links.link_win[0, busy] = 0.9 * sim.window  # 90% busy in window 0, [0, 0.05)
-        sim._refresh_ranking(0.099)
-        assert sim.nearest[0][src, 0] == 0  # window 0 is not yet seen (one window late)
-        sim._refresh_ranking(0.1)
+        sim.replicas.refresh(sim.links, 0.099, sim.cfg.telemetry.delay_s)
+        assert sim.replicas.nearest[0][src, 0] == 0  # window 0 is not yet seen (one window late)
+        sim.replicas.refresh(sim.links, 0.1, sim.cfg.telemetry.delay_s)
     else:
         sim.links.link_free[busy] = 1e-3  # 1 ms of weight copies queued on it now
-        sim._refresh_ranking(0.0)
-    assert sim.nearest[0][src, 0] == 5
+        sim.replicas.refresh(sim.links, 0.0, sim.cfg.telemetry.delay_s)
+    assert sim.replicas.nearest[0][src, 0] == 5
     tokens = np.full(cluster.num_gpus, 200.0)
     src_of, gpu, experts = sim._gate(tokens, workload.scenario.popularity(0.0))[0]
     mine = (experts == 0) & (src_of[:, None] == src)
     assert mine.any() and (gpu[mine] == 5).all()
     if router == "oracle_congestion":
-        sim._refresh_ranking(2e-3)  # the queue has drained
-        assert sim.nearest[0][src, 0] == 0
+        sim.replicas.refresh(sim.links, 2e-3, sim.cfg.telemetry.delay_s)  # the queue has drained
+        assert sim.replicas.nearest[0][src, 0] == 0
 
 
 @pytest.mark.parametrize("router", ["congestion_aware", "oracle_congestion"])

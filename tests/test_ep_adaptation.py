@@ -82,7 +82,7 @@ def test_a_stop_the_world_copy_pauses_serving_for_its_network_time():
     # the copy comes from the holder nearest to dst, over an idle network
     assert pause == pytest.approx(min(sim.cluster.transfer_time(h, dst, nbytes, chunk) for h in holders))
     assert adapter.replication_bytes == nbytes and adapter.replicas_added == 1
-    assert dst in sim.replica_table[layer, expert, :sim.replica_count[layer, expert]]
+    assert dst in sim.replicas.table[layer, expert, :sim.replica_count[layer, expert]]
 
 
 def test_incremental_reaches_eplbs_balance_with_fewer_copies():

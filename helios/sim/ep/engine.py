@@ -19,14 +19,11 @@ Model (how SGLang, vLLM and DeepSeek serve MoE with DP attention + EP MoE):
   (:mod:`helios.sim.ep.roofline`). The gate draws the top-k experts of every token
   of the batch from the layer's popularity at the step's start (cell gate stream;
   :mod:`helios.sim.ep.gate`).
-* **Replicas**: a token goes to one replica of each chosen expert: the nearest one by
-  unloaded delivery time of one token from its rank under the engine's own
-  store-and-forward link model (:meth:`Cluster.transfer_time`;
-  ``strategy.routing=nearest``), the next in turn (``round_robin``, token by token),
-  one drawn by the placement's shares (``weighted``, a uniform draw per pair from the
-  gate stream; equal shares where the placement names none), or the cheapest by delayed
-  telemetry or by the exact queues (``congestion_aware``, ``oracle_congestion``:
-  :mod:`helios.sim.ep.congestion`, re-ranked at step starts).
+* **Replicas**: a token goes to one replica of each chosen expert, by
+  ``strategy.routing`` (:mod:`helios.sim.ep.replicas`): the nearest by unloaded
+  store-and-forward delivery time, the next in turn, one drawn by the placement's
+  shares, or the cheapest by delayed telemetry or by the exact queues (re-ranked at
+  step starts; :mod:`helios.sim.ep.congestion`).
 * **Network**: the step's messages go through the compiled FIFO-link kernel
   (:mod:`helios.sim.kernel`), exactly the link model of ``serving=request``; link
   queues persist across steps. SimPy sees one event per step: a step's tasks are
@@ -49,18 +46,14 @@ import simpy
 
 from helios.config import GIB, CellConfig
 from helios.placement.base import Placement
-from helios.sim.ep.congestion import TELEMETRY_ROUTERS, congestion_cost, oracle_cost
+from helios.sim.ep.replicas import RANKED, ReplicaTables
 from helios.sim.ep.roofline import step_costs
 from helios.sim.ep.scheduler import Batch, RankScheduler, ServedRequest
 from helios.sim.ep.step import StepBuilder, layer_traffic
 from helios.sim.kernel import LinkState
-from helios.sim.routing import telemetry_window
 from helios.sim.ep.gate import alias_table, fast_top_k
 from helios.workload import Workload
 
-
-#: Routers that send each (rank, expert)'s tokens to one replica, ranked by a pair cost.
-RANKED = ("nearest", *TELEMETRY_ROUTERS)
 
 @dataclass
 class StepRecord:
@@ -118,7 +111,7 @@ class EpSimulation:
                                    cfg.model.hidden_size * cfg.model.combine_bytes,
                                    cfg.serving.relay_chunks, cfg.serving.phase_overhead_us * 1e-6)
         self.placement = placement
-        self._replica_tables(placement, cfg.strategy.routing)
+        self.replicas = self._replica_tables(placement, cfg.strategy.routing)
         kv_tokens = kv_budget_tokens(cfg)
         self.ranks = [RankScheduler(r, cfg.serving.max_running_requests,
                                     cfg.serving.max_batch_tokens, kv_tokens)
@@ -156,67 +149,26 @@ class EpSimulation:
         self.env.process(self._sampler(cfg.sim.window_s / 20))
 
     # ------------------------------------------------------------------ setup
-    def _replica_tables(self, placement: Placement, routing: str) -> None:
-        """Per layer: the replica each (rank, expert) uses (nearest), or the replica list."""
-        G, E = self.num_gpus, self.num_experts
-        width = max(len(g) for layer in placement.replicas for g in layer)
-        self.routing = routing
-        self.replica_table = np.zeros((self.layers, E, width), dtype=np.int64)
-        self.replica_count = np.zeros((self.layers, E), dtype=np.int64)
-        self.share_cum = np.ones((self.layers, E, width))
-        self.nearest = np.zeros((self.layers, G, E), dtype=np.int64)
+    def _replica_tables(self, placement: Placement, routing: str) -> ReplicaTables:
+        dispatch_s, gpu_job_s = None, 0.0
         if routing in RANKED:
             # Cost of one token's dispatch under the engine's own (store-and-forward) model.
+            G = self.num_gpus
             nbytes = self.cfg.model.hidden_size * self.cfg.model.dispatch_bytes
             chunk = self.sim_cfg.chunk_kib * 1024
-            self._dispatch_s = np.array([[self.cluster.transfer_time(s, d, nbytes, chunk)
-                                          for d in range(G)] for s in range(G)])
-            self._pair_cost, self._seen_window = self._dispatch_s, -1
-            self._gpu_job_s = float(self.costs.grouped_gemm(np.ones(1), np.ones(1))[0])
-        for l, (layer, shares) in enumerate(zip(placement.replicas, placement.share_table())):
-            self.set_layer(l, layer, shares)
+            dispatch_s = np.array([[self.cluster.transfer_time(s, d, nbytes, chunk)
+                                    for d in range(G)] for s in range(G)])
+            gpu_job_s = float(self.costs.grouped_gemm(np.ones(1), np.ones(1))[0])
+        return ReplicaTables(placement, self.num_gpus, routing, dispatch_s, gpu_job_s)
 
     def set_layer(self, layer: int, replicas: list[list[int]], shares: list[list[float]]) -> None:
         """Serve ``layer`` from ``replicas`` (per expert, GPU lists) split by ``shares``."""
-        width = max(len(g) for g in replicas)
-        if width > self.replica_table.shape[2]:  # widen the tables, padding as below
-            grow = width - self.replica_table.shape[2]
-            self.replica_table = np.concatenate(
-                [self.replica_table, np.repeat(self.replica_table[:, :, :1], grow, axis=2)], axis=2)
-            self.share_cum = np.concatenate(
-                [self.share_cum, np.ones(self.share_cum.shape[:2] + (grow,))], axis=2)
-        table, cum = self.replica_table[layer], self.share_cum[layer]
-        for e, (gpus, share) in enumerate(zip(replicas, shares)):
-            table[e, :] = gpus[0]
-            table[e, :len(gpus)] = gpus
-            self.replica_count[layer, e] = len(gpus)
-            cum[e, :] = 1.0
-            cum[e, :len(share)] = np.cumsum(share)
-        if self.routing in RANKED:
-            self._rank_replicas(layer)
+        self.replicas.set_layer(layer, replicas, shares)
 
-    def _rank_replicas(self, layer: int) -> None:
-        """Each rank's replica of every expert of ``layer``: the cheapest by ``_pair_cost``."""
-        table = self.replica_table[layer]
-        valid = np.arange(table.shape[1])[None, :] < self.replica_count[layer][:, None]
-        # cost[s, e, r]; ties go to the lowest GPU id, as the request model's router.
-        cost = self._pair_cost[:, table] * 1e6 + table[None] * 1e-9
-        cost = np.where(valid[None], cost, np.inf)
-        best = np.argmin(cost, axis=2)  # (G, E)
-        self.nearest[layer] = np.take_along_axis(table[None], best[..., None], axis=2)[..., 0]
-
-    def _refresh_ranking(self, now: float) -> None:
-        """Re-rank replicas by the network's state at a step's start (congestion routers)."""
-        if self.routing == "congestion_aware":
-            w = telemetry_window(now, self.window, self.cfg.telemetry.delay_s)
-            if w == self._seen_window:
-                return
-            self._seen_window = w
-            self._pair_cost = congestion_cost(self.links, self._dispatch_s, w, self._gpu_job_s)
-        else:
-            self._pair_cost = oracle_cost(self.links, self._dispatch_s, now)
-        for layer in range(self.layers):
-            self._rank_replicas(layer)
+    @property
+    def replica_count(self) -> np.ndarray:
+        """Replicas per (layer, expert)."""
+        return self.replicas.count
 
     def _network_state(self) -> None:
         self.window = self.sim_cfg.window_s
@@ -328,15 +280,7 @@ class EpSimulation:
                 out.append((src, empty, empty))
                 continue
             experts = fast_top_k(popularity[l], count, self.top_k, rng, self._alias(l, popularity[l]))
-            if self.routing in RANKED:
-                gpu = self.nearest[l][src[:, None], experts]
-            elif self.routing == "weighted":
-                u = rng.random(experts.shape)
-                pick = (u[..., None] >= self.share_cum[l][experts]).sum(axis=-1)
-                gpu = self.replica_table[l][experts, np.minimum(pick, self.replica_count[l][experts] - 1)]
-            else:
-                turn = (np.arange(count)[:, None] + np.arange(self.top_k)[None, :])
-                gpu = self.replica_table[l][experts, turn % self.replica_count[l][experts]]
+            gpu = self.replicas.choose(l, src, experts, rng)
             out.append((src, gpu, experts))
         return out
 
@@ -352,8 +296,7 @@ class EpSimulation:
         now = self.env.now
         measured = self.start <= now < self.end
         popularity = self.workload.scenario.popularity(now)
-        if self.routing in TELEMETRY_ROUTERS:
-            self._refresh_ranking(now)
+        self.replicas.refresh(self.links, now, self.cfg.telemetry.delay_s)
         G, E = self.num_gpus, self.num_experts
         attn, gemm, traffic = [], [], []
         gemm_total = np.zeros(G)
