@@ -178,9 +178,11 @@ SEED_DRAGONFLY_HIGH = ("serving=request", "scenario.popularity=zipf", "topology=
                        "sim.window_s=0.025", "sim.drain_s=1.0", "scenario.rate=2500")
 
 
-@pytest.mark.slow  # ~90 s: 288 GPUs; serving=ep's placement tests run by default
 def test_helios_static_is_not_worse_than_round_robin_on_the_loaded_dragonfly(tmp_path):
-    static = mean_p99("helios_static", range(2), *SEED_DRAGONFLY_HIGH, "strategy.ilp.time_limit_s=10",
+    """Issue 11's regression case. At this size (288 GPUs) the MILP ships its load-aware
+    start (``ilp_status`` ``start``) at a 3 s limit as at 10 s, so 3 s keeps the test
+    within the suite's budget (~60 s) and tests the same placement rule."""
+    static = mean_p99("helios_static", range(2), *SEED_DRAGONFLY_HIGH, "strategy.ilp.time_limit_s=3",
                       tmp_path=tmp_path, base=())
     rr = mean_p99("round_robin", range(2), *SEED_DRAGONFLY_HIGH, tmp_path=tmp_path, base=())
     assert static <= rr
