@@ -48,9 +48,10 @@ BF16_BYTES = HIDDEN * 2
 
 #: (ranks, published dispatch, published combine) per table: GB/s for normal, us for LL.
 NORMAL = [(8, 153.0, 158.0), (16, 43.0, 43.0), (32, 58.0, 57.0), (64, 51.0, 50.0)]
-NVLINK_BANDWIDTH = 160e9
 LOW_LATENCY = [(8, 77.0, 114.0), (16, 118.0, 195.0), (32, 155.0, 273.0), (64, 173.0, 314.0),
                (128, 192.0, 369.0), (256, 194.0, 360.0)]
+#: H800 NVLink as DeepEP states it (~160 GB/s per GPU), what the model's links carry.
+NVLINK_BANDWIDTH = 160e9
 
 
 def _cluster(ranks: int, nvlink_bandwidth: float = NVLINK_BANDWIDTH):

@@ -223,6 +223,13 @@ class StepBuilder:
         k = np.arange(K)[:, None]
         return count[None, :] // K + (k < count[None, :] % K)
 
+    def _split(self, src: np.ndarray, dst: np.ndarray, count: np.ndarray):
+        """Flows ``src -> dst`` of ``count`` tokens as :attr:`relay_chunks` pieces each:
+        (src, dst, piece index, tokens), piece-major, every array of length K x flows."""
+        K = self.relay_chunks
+        return (np.tile(src, K), np.tile(dst, K), np.repeat(np.arange(K), src.size),
+                self._pieces(count).ravel())
+
     def _exchange_per_node(self, graph, attn, gemm, t: LayerTraffic, into_gemm):
         """DeepEP's normal kernels: RDMA to a relay per server, NVLink forwarding, and back.
 
@@ -234,9 +241,7 @@ class StepBuilder:
         N = G // self.gps
         # RDMA pieces to the relay GPU (same local index) of every other server.
         r, n = self._staggered(*np.nonzero(t.per_node), nodes=True)
-        P = r.size
-        R, Nn = np.tile(r, K), np.tile(n, K)
-        Kp, C = np.repeat(np.arange(K), P), self._pieces(t.per_node[r, n]).ravel()
+        R, Nn, Kp, C = self._split(r, n, t.per_node[r, n])
         Rel = Nn * self.gps + self.local[R]
         o = np.lexsort((self._key(R, Nn, nodes=True), Kp, R))
         rdma = self._messages(graph, R[o], Rel[o], C[o], self.db)
@@ -252,9 +257,7 @@ class StepBuilder:
         graph.edges(direct, into_gemm[jd])
         # Forwarded pieces: relay -> destination GPU over NVLink, after the RDMA piece.
         rc, jc = r2[~same], j[~same]
-        Q = rc.size
-        RC, JC = np.tile(rc, K), np.tile(jc, K)
-        KQ, FC = np.repeat(np.arange(K), Q), self._pieces(t.per_gpu[rc, jc]).ravel()
+        RC, JC, KQ, FC = self._split(rc, jc, t.per_gpu[rc, jc])
         VIA = node[JC] * self.gps + self.local[RC]
         o2 = np.lexsort((self._key(VIA, JC), KQ, VIA))
         fwd = self._messages(graph, VIA[o2], JC[o2], FC[o2], self.db)
@@ -266,11 +269,9 @@ class StepBuilder:
         # piece k of all its flows (relayed and direct, in staggered order) before piece
         # k + 1, as DeepEP's channels walk their tokens in order; direct flows sent first
         # would hold every relay's first RDMA piece back by a whole direct phase.
-        RDk, JDk = np.tile(rd, K), np.tile(jd, K)
-        KD = np.repeat(np.arange(K), rd.size)
-        snd, rcv = np.concatenate([JC, JDk]), np.concatenate([VIA, RDk])
-        piece = np.concatenate([KQ, KD])
-        count = np.concatenate([FC, self._pieces(t.per_gpu[rd, jd]).ravel()])
+        RD, JD, KD, DC = self._split(rd, jd, t.per_gpu[rd, jd])
+        snd, rcv = np.concatenate([JC, JD]), np.concatenate([VIA, RD])
+        piece, count = np.concatenate([KQ, KD]), np.concatenate([FC, DC])
         ob = np.lexsort((self._key(snd, rcv), piece, snd))
         back = self._messages(graph, snd[ob], rcv[ob], count[ob], self.cb)
         graph.edges(gemm[snd[ob]], back)
