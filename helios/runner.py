@@ -80,20 +80,38 @@ class Cell:
     claim: Any = None  # helios.storage.Claim while this driver holds the cell
 
 
-#: Set when SIGTERM (not Ctrl-C) stopped this process.
-SIGTERM_RECEIVED = {"yes": False}
+#: The signal (SIGINT or SIGTERM) that stopped this process, once one has.
+STOP_SIGNAL: dict[str, int | None] = {"signum": None}
 
 
-def raise_on_sigterm() -> None:
-    """Make SIGTERM stop the main thread as Ctrl-C does (a ``KeyboardInterrupt``, which Ray's
-    waits let through), remembering that it was SIGTERM (exit status 143, not 130)."""
+def raise_on_stop_signals() -> None:
+    """Make Ctrl-C and SIGTERM stop the main thread with a ``KeyboardInterrupt``, and remember
+    which came (exit status 130 or 143).
+
+    The signal is also remembered, because Ray can swallow the exception: a
+    ``KeyboardInterrupt`` raised while its C++ core checks for signals becomes an
+    "interrupted" status that some of its calls ignore (a sweep once ran to the end after
+    Ctrl-C). The pool checks :data:`STOP_SIGNAL` after every wait.
+    """
     import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
 
     def handler(signum: int, frame: Any) -> None:
-        SIGTERM_RECEIVED["yes"] = True
+        STOP_SIGNAL["signum"] = signum
         raise KeyboardInterrupt
 
+    # ray.init installs its own SIGTERM handler (sys.exit(15)): call this after it.
+    signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+
+
+def stopped_by_sigterm() -> bool:
+    import signal
+
+    return STOP_SIGNAL["signum"] == signal.SIGTERM
 
 
 class Interrupted(Exception):
@@ -255,10 +273,11 @@ def run_sweep(cells: Sequence[CellConfig], *, labels: Sequence[str] | None = Non
     for sweep_dir in report.sweep_dirs:
         remove_stale_temporaries(sweep_dir)
     if todo:
+        STOP_SIGNAL["signum"] = None  # a stop of an earlier sweep in this process is over
         try:
             t_ray = time.perf_counter()
             with ray_session(address, connect_timeout_s=connect_timeout_s) as mode:
-                raise_on_sigterm()  # ray.init installs its own SIGTERM handler (sys.exit(15))
+                raise_on_stop_signals()
                 report.ray_start_s = time.perf_counter() - t_ray
                 workers = min(num_workers or default_num_workers(), len(todo))
                 report.workers = workers
@@ -269,7 +288,7 @@ def run_sweep(cells: Sequence[CellConfig], *, labels: Sequence[str] | None = Non
                 report.pool_s = t_down - t_pool
             report.shutdown_s = time.perf_counter() - t_down
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM; Ray is shut down by now
-            raise Interrupted(report, len(todo), SIGTERM_RECEIVED["yes"]) from None
+            raise Interrupted(report, len(todo), stopped_by_sigterm()) from None
         for sweep_dir in report.sweep_dirs:
             remove_stale_temporaries(sweep_dir)
     report.wall_s = time.perf_counter() - t0
@@ -370,6 +389,8 @@ class _Pool:
                     time.sleep(DEFER_POLL_S)
                     continue
                 ready, _ = ray.wait([*self.inflight, *starting], num_returns=1, timeout=1.0)
+                if STOP_SIGNAL["signum"] is not None:  # a stop that Ray swallowed
+                    raise KeyboardInterrupt
                 for ref in ready:
                     if ref in starting:
                         self._started(starting[ref])

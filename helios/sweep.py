@@ -481,15 +481,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(err.one_line(), file=sys.stderr)
             raise SystemExit(2) from None
     sys.argv = [sys.argv[0], *argv]
-    from helios.runner import SIGTERM_RECEIVED, raise_on_sigterm
+    from helios.runner import raise_on_stop_signals, stopped_by_sigterm
 
-    raise_on_sigterm()
+    raise_on_stop_signals()
     try:
         _app()
     except KeyboardInterrupt:  # a stop outside a sweep's pool (a single cell): one line
         print("interrupted: nothing left running; run the same command to resume",
               file=sys.stderr, flush=True)
-        raise SystemExit(143 if SIGTERM_RECEIVED["yes"] else 130) from None
+        raise SystemExit(143 if stopped_by_sigterm() else 130) from None
 
 
 if __name__ == "__main__":

@@ -537,6 +537,25 @@ def test_ctrl_c_and_sigterm_stop_with_one_line_and_leave_no_ray_process(signame,
         os.killpg(proc.pid, 0)
 
 
+def test_a_stop_that_ray_swallows_still_stops_the_sweep(ray_local, tmp_path):
+    # Ray can turn the KeyboardInterrupt of a Ctrl-C into a status that its call ignores (a
+    # sweep once ran to the end, exit 0). The handler has recorded the signal by then: the
+    # pool must stop on the record at its next wait, as if the exception had come through.
+    import signal
+
+    from helios.runner import STOP_SIGNAL, Interrupted, run_sweep
+
+    cells = preflight([*FAST, "seed=range(4)", "+fault.delay_s=1", f"output_dir={tmp_path}"])
+
+    def swallowed(*_):
+        STOP_SIGNAL["signum"] = signal.SIGINT
+
+    with pytest.raises(Interrupted) as stop:
+        run_sweep(cells, progress=False, print_summary=False, on_result=swallowed)
+    assert stop.value.exit_code == 130
+    assert 1 <= len(part_files(tmp_path / "smoke", "cells")) < len(cells)
+
+
 def test_asking_for_the_requests_table_reruns_a_cell_that_lacks_it(tmp_path):
     args = ["+sweep=smoke", "strategy=round_robin", f"output_dir={tmp_path}"]
     main(args)
