@@ -91,6 +91,31 @@ def ray_cluster(_ray_teardown):
         cluster.shutdown()
 
 
+@pytest.fixture
+def run_cells(ray_local, tmp_path):
+    """``run(configs)``: their ``cells`` rows, in the order given, run as a sweep runs them
+    (one simulation actor per CPU of the session's local Ray, so both CPUs work).
+
+    For tests of many independent cells; results go under ``tmp_path``.
+    """
+    import dataclasses
+
+    import pandas as pd
+
+    from helios.cell import cell_id
+    from helios.results import load
+    from helios.runner import run_sweep
+
+    def run(configs):
+        configs = [dataclasses.replace(c, output_dir=str(tmp_path / "cells")) for c in configs]
+        report = run_sweep(configs, progress=False, print_summary=False)
+        assert not report.failed, report.failed
+        frame = pd.concat([load(d) for d in report.sweep_dirs]).set_index("cell_id")
+        return [frame.loc[cell_id(c)].to_dict() for c in configs]
+
+    return run
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cwd(tmp_path, monkeypatch):
     """Every test runs in its own temporary folder, so that relative defaults

@@ -133,9 +133,10 @@ def test_relay_pieces_change_timing_not_bytes():
 
 
 def test_littles_law_from_sampled_queue_lengths():
-    # 1 s of arrivals: L and lambda*W agree within 1% on seeds 0-2 (0.4% over 2 s)
-    sim = _ep_sim("scenario.rate=1200", "serving.output_tokens=64", "sim.duration_s=1",
-                  "sim.warmup_s=0.3", "sim.drain_s=2")
+    # 0.25 s measured (~300 requests, L ~ 10): L and lambda*W agree within 2.8% on seeds
+    # 0-4 (within 1.1% over 0.7 s)
+    sim = _ep_sim("scenario.rate=1200", "serving.output_tokens=64", "sim.duration_s=0.35",
+                  "sim.warmup_s=0.1", "sim.drain_s=0.5")
     samples = np.array(sim.queue_samples)
     inside = (samples[:, 0] >= sim.start) & (samples[:, 0] < sim.end)
     L = samples[inside, 1].mean()
@@ -143,11 +144,11 @@ def test_littles_law_from_sampled_queue_lengths():
     lam = len(measured) / (sim.end - sim.start)
     W = np.mean([r.finish_s - r.arrival for r in measured])
     assert L > 1  # requests overlap: the check is not trivial
-    assert L == pytest.approx(lam * W, rel=0.1)
+    assert L == pytest.approx(lam * W, rel=0.05)
 
 
 @pytest.mark.parametrize("topology", ["fat_tree", "dragonfly"])
-def test_eplb_and_helios_steps_are_faster_than_round_robin_under_skew(topology):
+def test_eplb_and_helios_steps_are_faster_than_round_robin_under_skew(topology, run_cells):
     # Every rank runs full prefill chunks, so that attention is even across ranks and
     # the grouped GEMMs are compute-bound: the busiest GPU paces each layer. The default
     # clusters: EP16 on the fat-tree, 48 GPUs on the dragonfly.
@@ -155,17 +156,15 @@ def test_eplb_and_helios_steps_are_faster_than_round_robin_under_skew(topology):
               "scenario.popularity=zipf", "scenario.zipf_s=1.0", "scenario.rate=400", "serving.prompt_tokens=2048",
               "serving.output_tokens=2", "sim.duration_s=0.5", "sim.warmup_s=0.1",
               "sim.drain_s=0.1", "sim.window_s=0.05")
+    strategies = ("round_robin", "eplb", "helios_static")
+    rows = run_cells([_config(*common, f"strategy={name}", f"seed={seed}", base=())
+                      for seed in (0, 1, 2) for name in strategies])
     for seed in (0, 1, 2):
-        rr = run_cell(_config(*common, "strategy=round_robin", f"seed={seed}", base=()),
-                      cache=False).tables["cells"][0]
-        ep = run_cell(_config(*common, "strategy=eplb", f"seed={seed}", base=()),
-                      cache=False).tables["cells"][0]
+        rr, ep, helios = rows[3 * seed:3 * seed + 3]
         assert ep["step_ms_mean"] < 0.9 * rr["step_ms_mean"]
         assert ep["balancedness"] > rr["balancedness"]
         # The load-aware MILP on the same memory (EPLB's redundant count), proven within 1%:
         # never slower than EPLB, the strongest baseline, and better balanced.
-        helios = run_cell(_config(*common, "strategy=helios_static", f"seed={seed}", base=()),
-                          cache=False).tables["cells"][0]
         assert helios["ilp_status"] == "optimal"
         assert helios["step_ms_mean"] <= ep["step_ms_mean"]
         assert helios["balancedness"] > ep["balancedness"]

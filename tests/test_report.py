@@ -279,7 +279,7 @@ def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from helios.sweep import compose
 
     out = tmp_path_factory.mktemp("tiny")
-    common = ["model=tiny", "sim.duration_s=0.2", "sim.warmup_s=0.05", "scenario.rate=300",
+    common = ["model=tiny", "sim.duration_s=0.12", "sim.warmup_s=0.05", "scenario.rate=300",
               "record.requests=true", f"output_dir={out}", "sweep=smoke"]
     for strategy in ("round_robin", "greedy"):
         composed = compose([*common, f"strategy={strategy}"])
