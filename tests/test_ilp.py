@@ -7,9 +7,9 @@ import itertools
 import math
 import time
 
+import highspy
 import numpy as np
 import pytest
-from scipy.optimize import linprog
 
 from helios import topology
 from helios.config import GpuConfig, IlpConfig, ModelConfig, StrategyConfig
@@ -58,55 +58,86 @@ def context(cluster: Cluster, load: np.ndarray, slots: int, serving: str = "ep",
 # ---------------------------------------------------------------------------- brute force
 def copy_matrices(model):
     """Every copy matrix the model allows: each expert >= 1 copy, slots, the copy budget,
-    extra copies only for its replicable experts."""
+    extra copies only for its replicable experts (in itertools.product's order)."""
     E, G = model.num_experts, model.num_gpus
-    hot = set(model.replicable().tolist())
-    rows = [r for r in itertools.product((0, 1), repeat=G) if any(r)]
-    for combo in itertools.product(rows, repeat=E):
-        x = np.array(combo, dtype=float)
-        n = x.sum(axis=1)
-        if x.sum() > model.copies or (x.sum(axis=0) > model.slots).any():
-            continue
-        if any(n[e] > 1 and e not in hot for e in range(E)):
-            continue
-        yield x
+    rows = np.array([r for r in itertools.product((0, 1), repeat=G) if any(r)], dtype=np.int8)
+    x = rows[np.indices((len(rows),) * E).reshape(E, -1).T]  # (combos, E, G)
+    keep = (x.sum(axis=(1, 2)) <= model.copies) & (x.sum(axis=1) <= model.slots).all(axis=1)
+    cold = np.setdiff1d(np.arange(E), model.replicable())
+    keep &= (x.sum(axis=2)[:, cold] <= 1).all(axis=1)
+    yield from x[keep].astype(float)
 
 
 def best_shares_ep(model: EpLayer, x: np.ndarray) -> float:
-    """Least EP objective for fixed copies: an LP written here from the docstring's model.
+    """Least EP objective for fixed copies: an LP written here from the docstring's model."""
+    return SharesLp(model).least(x)
 
-    Variables: y[e, g] (E*G), then C, D, B."""
-    E, G = x.shape
-    flop, byte, weight, launch = (v * 1e6 for v in model.gemm)
-    net_w, comp_w = model.weights
-    n = E * G + 3
-    c = np.zeros(n)
-    c[E * G], c[E * G + 1], c[E * G + 2] = comp_w, net_w, net_w
-    A_ub, b_ub = [], []
-    held = x.sum(axis=0)
-    for g in range(G):
-        for per_pair, const in ((flop, launch), (byte, launch + weight * held[g])):
+
+class SharesLp:
+    """The LP of the least EP objective for fixed copies, written here from the docstring's
+    model and built once per model: a copy matrix changes only the bounds of the shares and
+    the byte rows' constants, so HiGHS re-solves each from the previous basis (a brute
+    force over thousands of copy matrices in about a second).
+
+    Variables: y[e, g] (E*G), then C, D, B.
+    """
+
+    def __init__(self, model: EpLayer) -> None:
+        E, G = model.num_experts, model.num_gpus
+        self.E, self.G = E, G
+        flop, byte, weight, launch = (v * 1e6 for v in model.gemm)
+        self.byte_const, self.weight = launch, weight
+        net_w, comp_w = model.weights
+        n = E * G + 3
+        c = np.zeros(n)
+        c[E * G], c[E * G + 1], c[E * G + 2] = comp_w, net_w, net_w
+        rows, upper = [], []
+        for g in range(G):
+            for per_pair, const in ((flop, launch), (byte, launch)):
+                row = np.zeros(n)
+                row[[e * G + g for e in range(E)]] = per_pair * model.load
+                row[E * G] = -1
+                rows.append(row)
+                upper.append(-const)  # the byte rows' constants change with the copies
+        for coef, col in ((model.out, E * G + 1), (model.back, E * G + 2)):
+            for k in range(coef.shape[0]):
+                row = np.zeros(n)
+                for e in range(E):
+                    row[e * G:(e + 1) * G] = coef[k] * 1e6 * model.load[e]
+                row[col] = -1
+                rows.append(row)
+                upper.append(0.0)
+        for e in range(E):  # every expert's shares sum to 1
             row = np.zeros(n)
-            row[[e * G + g for e in range(E)]] = per_pair * model.load
-            row[E * G] = -1
-            A_ub.append(row)
-            b_ub.append(-const)
-    for coef, col in ((model.out, E * G + 1), (model.back, E * G + 2)):
-        for k in range(coef.shape[0]):
-            row = np.zeros(n)
-            for e in range(E):
-                row[e * G:(e + 1) * G] = coef[k] * 1e6 * model.load[e]
-            row[col] = -1
-            A_ub.append(row)
-            b_ub.append(0.0)
-    A_eq = np.zeros((E, n))
-    for e in range(E):
-        A_eq[e, e * G:(e + 1) * G] = 1
-    bounds = [(0, x[e, g]) for e in range(E) for g in range(G)] + [(0, None)] * 3
-    res = linprog(c, A_ub=np.array(A_ub), b_ub=np.array(b_ub), A_eq=A_eq, b_eq=np.ones(E),
-                  bounds=bounds, method="highs")
-    assert res.status == 0
-    return float(res.fun)
+            row[e * G:(e + 1) * G] = 1
+            rows.append(row)
+        self.upper = np.array(upper)
+        self.byte_rows = np.arange(1, 2 * G, 2)
+        A = np.array(rows)
+        lower = np.concatenate([np.full(len(upper), -highspy.kHighsInf), np.ones(E)])
+        hi = np.concatenate([self.upper, np.ones(E)])
+        h = highspy.Highs()
+        h.setOptionValue("output_flag", False)
+        inf = highspy.kHighsInf
+        h.addCols(n, c, np.zeros(n), np.concatenate([np.ones(E * G), np.full(3, inf)]),
+                  0, np.zeros(n + 1, dtype=np.int32), np.zeros(0, dtype=np.int32), np.zeros(0))
+        nz = A != 0
+        starts = np.concatenate([[0], np.cumsum(nz.sum(axis=1))]).astype(np.int32)
+        h.addRows(A.shape[0], lower, hi, int(nz.sum()), starts[:-1],
+                  np.nonzero(nz)[1].astype(np.int32), A[nz])
+        self.h = h
+
+    def least(self, x: np.ndarray) -> float:
+        E, G, h = self.E, self.G, self.h
+        cols = np.arange(E * G, dtype=np.int32)
+        h.changeColsBounds(E * G, cols, np.zeros(E * G), x.reshape(-1).astype(float))
+        held = x.sum(axis=0)
+        rows = self.byte_rows.astype(np.int32)
+        h.changeRowsBounds(G, rows, np.full(G, -highspy.kHighsInf),
+                           -(self.byte_const + self.weight * held))
+        h.run()
+        assert h.getModelStatus() == highspy.HighsModelStatus.kOptimal
+        return float(h.getInfo().objective_function_value)
 
 
 def ep_model(cluster, load, slots, redundant, share=None, metric="latency", weights=(1.0, 1.0)):
@@ -121,7 +152,8 @@ def test_ep_milp_finds_the_brute_force_optimum_with_replicas(seed):
     load = np.sort(rng.zipf(1.5, size=4).astype(float) * 40 + rng.uniform(0, 5, 4))[::-1]
     share = rng.dirichlet(np.ones(4))
     model = ep_model(slow_gpu_cluster(), load, slots=2, redundant=2, share=share)
-    best = min(best_shares_ep(model, x) for x in copy_matrices(model))
+    lp = SharesLp(model)
+    best = min(lp.least(x) for x in copy_matrices(model))
     assert model.lower_bound() <= best * (1 + 1e-9)
     sol = ilp.solve_layer(model, 30.0, 0.0)
     assert sol.status == "optimal"
@@ -286,7 +318,8 @@ def test_ep_layer_lower_bound_holds_on_random_instances():
     for _ in range(4):
         load = rng.zipf(1.3, size=3).astype(float) * 30
         model = ep_model(slow_gpu_cluster(), load, slots=2, redundant=1)
-        best = min(best_shares_ep(model, x) for x in copy_matrices(model))
+        lp = SharesLp(model)
+        best = min(lp.least(x) for x in copy_matrices(model))
         assert model.lower_bound() <= best * (1 + 1e-9)
 
 
