@@ -17,12 +17,9 @@ LOW_LATENCY = {ranks: (d, c) for ranks, d, c in deepep.LOW_LATENCY}
 def calibrated_normal_rows():
     """The normal-kernel rows with both calibrations of the bench: the fixed cost fitted
     on the low-latency rows, the sustained NVLink fraction on the EP8 rows."""
-    overhead_s = deepep.fitted_overhead_us(deepep.rows(0, 0.0)) * 1e-6
+    overhead_s = deepep.fitted_overhead_us(deepep.low_latency_rows(0, 0.0)) * 1e-6
     fraction = deepep.fitted_nvlink_fraction(0, overhead_s)
-    rows = []
-    for ranks, d, c in deepep.NORMAL:
-        rows += deepep._normal_row(ranks, d, c, 0, overhead_s, fraction)
-    return fraction, rows
+    return fraction, deepep.normal_rows(0, overhead_s, fraction)
 
 
 def test_the_fitted_nvlink_fraction_is_a_real_shortfall_below_the_links(calibrated_normal_rows):

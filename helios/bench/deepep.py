@@ -117,18 +117,32 @@ def _normal_row(ranks: int, pub_d: float, pub_c: float, seed: int, overhead_s: f
             (label + " combine", scale * BF16_BYTES / c / 1e9, pub_c, "GB/s")]
 
 
-def rows(seed: int, overhead_s: float,
-         nvlink_fraction: float = 1.0) -> list[tuple[str, float, float, str]]:
-    """(configuration, simulated, published, unit) of every table entry."""
+def normal_rows(seed: int, overhead_s: float,
+                nvlink_fraction: float = 1.0) -> list[tuple[str, float, float, str]]:
+    """(configuration, simulated, published, unit) of the normal kernels' entries."""
     out = []
     for ranks, pub_d, pub_c in NORMAL:
         out += _normal_row(ranks, pub_d, pub_c, seed, overhead_s, nvlink_fraction)
+    return out
+
+
+def low_latency_rows(seed: int, overhead_s: float,
+                     nvlink_fraction: float = 1.0) -> list[tuple[str, float, float, str]]:
+    """(configuration, simulated, published, unit) of the low-latency kernels' entries."""
+    out = []
     for ranks, pub_d, pub_c in LOW_LATENCY:
         d, c, _ = simulate(ranks, 128, "per_expert", LL_FP8_BYTES, BF16_BYTES, None, seed,
                            overhead_s, nvlink_fraction)
         out.append((f"low-latency EP{ranks} dispatch", d * 1e6, pub_d, "us"))
         out.append((f"low-latency EP{ranks} combine", c * 1e6, pub_c, "us"))
     return out
+
+
+def rows(seed: int, overhead_s: float,
+         nvlink_fraction: float = 1.0) -> list[tuple[str, float, float, str]]:
+    """(configuration, simulated, published, unit) of every table entry."""
+    return (normal_rows(seed, overhead_s, nvlink_fraction)
+            + low_latency_rows(seed, overhead_s, nvlink_fraction))
 
 
 def fitted_nvlink_fraction(seed: int, overhead_s: float) -> float:
