@@ -181,10 +181,12 @@ SEED_DRAGONFLY_HIGH = ("serving=request", "scenario.popularity=zipf", "topology=
 def test_helios_static_is_not_worse_than_round_robin_on_the_loaded_dragonfly(run_cells):
     """Issue 11's regression case. At this size (288 GPUs) the MILP ships its load-aware
     start (``ilp_status`` ``start``) at a 3 s limit as at 10 s, so 3 s keeps the test
-    within the suite's budget and tests the same placement rule. The four cells run two at
-    a time (~45 s)."""
+    within the suite's budget and tests the same placement rule, as do 0.05 s measured
+    (P99 3.3-3.6 ms against round_robin's 3.9-6.0 on seeds 0-2). The four cells run two
+    at a time (~40 s)."""
     over = {"helios_static": ("strategy.ilp.time_limit_s=3",), "round_robin": ()}
     rows = run_cells([config(*SEED_DRAGONFLY_HIGH, f"strategy={name}", *extra, f"seed={seed}",
-                             base=()) for name, extra in over.items() for seed in range(2)])
+                             "sim.duration_s=0.1", base=())
+                      for name, extra in over.items() for seed in range(2)])
     static, rr = np.mean([r["p99_ms"] for r in rows[:2]]), np.mean([r["p99_ms"] for r in rows[2:]])
     assert static <= rr
