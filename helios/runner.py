@@ -34,7 +34,9 @@ How a sweep runs
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -93,9 +95,6 @@ def raise_on_stop_signals() -> None:
     "interrupted" status that some of its calls ignore (a sweep once ran to the end after
     Ctrl-C). The pool checks :data:`STOP_SIGNAL` after every wait.
     """
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return
 
@@ -109,8 +108,7 @@ def raise_on_stop_signals() -> None:
 
 
 def stopped_by_sigterm() -> bool:
-    import signal
-
+    """Whether the stop was SIGTERM (exit status 143) rather than Ctrl-C (130)."""
     return STOP_SIGNAL["signum"] == signal.SIGTERM
 
 
