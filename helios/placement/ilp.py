@@ -35,7 +35,10 @@ The time limit ``time_limit_s`` covers the whole placement (starts, builds, solv
 first every layer gets its greedy start (step 2 with equal shares), the fallback that
 ships where time runs out; then each layer's improvement gets the remaining time over
 the layers left, its MIP that time less the layer's longest share LP (HiGHS runs past
-a MIP time limit by about one root LP: ~1 s on a 72-server request-model layer). Only
+a MIP time limit by about one root LP: ~1 s on a 72-server request-model layer). The
+most any layer ran past its share (HiGHS's set-up before it reads its clock, 0.05-0.1 s
+on a 256 x 48 EP layer) comes off every later layer's share, and each layer's replica
+lists are built as it is solved, so the limit holds to the last layer's slip. Only
 the greedy starts themselves may run past a limit too small for them. Solves stopped by
 the time limit depend on the machine's speed; proven ones do not (one thread, fixed
 seed).
@@ -287,11 +290,14 @@ def solve_placement(ctx: PlacementContext, metric: str) -> Placement:
         solutions = _sequential_starts(models)
     else:
         solutions = [greedy_solution(model) for model in models]
+    # each layer's lists are built as it is solved, so nothing sizeable runs past the loop
+    lists = [_replica_lists(sol) for sol in solutions]
     start_s = 0.0  # the most a layer took to get its start ready so far
+    slip = 0.0  # the most a layer ran past its share (HiGHS's set-up): later shares lose it
     for l, model in enumerate(models):
         if ctx.serving == "request":
             _set_background(models, solutions, l)
-        left = max(deadline - time.perf_counter(), 0.0) / (len(models) - l)
+        left = max(deadline - time.perf_counter(), 0.0) / (len(models) - l) - slip
         if left <= start_s:  # too little time for a layer's full start: keep its greedy one
             if ctx.serving == "request":  # its objective against the current background
                 sol = solutions[l]
@@ -299,9 +305,14 @@ def solve_placement(ctx: PlacementContext, metric: str) -> Placement:
             continue
         # the request model's background changed since its sequential start: not reused
         greedy = solutions[l] if ctx.serving == "ep" else None
+        began = time.perf_counter()
         solutions[l] = solve_layer(model, left, cfg.mip_gap, greedy)
+        lists[l] = _replica_lists(solutions[l])
+        slip = max(slip, time.perf_counter() - began - left)
         start_s = max(start_s, solutions[l].start_s)
-    return _placement(ctx, models, solutions, time.perf_counter() - t0)
+    replicas, shares = [r for r, _ in lists], [s for _, s in lists]
+    info = _info(ctx, solutions, replicas, time.perf_counter() - t0)
+    return Placement(replicas, ctx.num_gpus, info, shares=shares)
 
 
 def _sequential_starts(models: list[Any]) -> list[LayerSolution]:
@@ -326,21 +337,23 @@ def _set_background(models: list[Any], solutions: list[Any], layer: int) -> None
             model.link_bg += link
 
 
-def _placement(ctx: PlacementContext, models: list[Any], solutions: list[LayerSolution],
-               seconds: float) -> Placement:
-    replicas, shares = [], []
-    for sol in solutions:
-        # a copy the solution gives no tokens is not worth its memory
-        y = np.where((sol.x > 0.5) & (sol.y > 1e-9), sol.y, 0.0)
-        order = np.argsort(-y, axis=1, kind="stable")  # largest share first, ties to the lower GPU
-        kept = np.count_nonzero(y, axis=1)
-        ranked = np.take_along_axis(y, order, axis=1) / y.sum(axis=1, keepdims=True)
-        replicas.append([row[:k] for row, k in zip(order.tolist(), kept.tolist())])
-        shares.append([row[:k] for row, k in zip(ranked.tolist(), kept.tolist())])
+def _replica_lists(sol: LayerSolution) -> tuple[list[list[int]], list[list[float]]]:
+    """A layer's replicas and shares: largest share first, ties to the lower GPU."""
+    # a copy the solution gives no tokens is not worth its memory
+    y = np.where((sol.x > 0.5) & (sol.y > 1e-9), sol.y, 0.0)
+    order = np.argsort(-y, axis=1, kind="stable")
+    kept = np.count_nonzero(y, axis=1).tolist()
+    ranked = np.take_along_axis(y, order, axis=1) / y.sum(axis=1, keepdims=True)
+    return ([row[:k] for row, k in zip(order.tolist(), kept)],
+            [row[:k] for row, k in zip(ranked.tolist(), kept)])
+
+
+def _info(ctx: PlacementContext, solutions: list[LayerSolution], replicas: list[Any],
+          seconds: float) -> dict[str, Any]:
     status = max((s.status for s in solutions), key=STATUS_ORDER.index)
     objective = sum(s.objective for s in solutions)
     bound = sum(s.bound for s in solutions)
-    info = {
+    return {
         "strategy": ctx.strategy.name,
         "ilp_status": status,
         "ilp_gap": float(max(s.gap for s in solutions)),
@@ -358,7 +371,6 @@ def _placement(ctx: PlacementContext, models: list[Any], solutions: list[LayerSo
         "ilp_seconds": float(seconds),
         "ilp_objective_unit": "us per step (MoE layers)" if ctx.serving == "ep" else "us per request",
     }
-    return Placement(replicas, ctx.num_gpus, info, shares=shares)
 
 
 def helios_static(ctx: PlacementContext) -> Placement:
