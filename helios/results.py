@@ -91,19 +91,23 @@ def cells_table(rows: list[Mapping[str, Any]]) -> pa.Table:
     rows = _uniform(rows)
     schema = config_schema()
     own = [k for k in rows[0] if not k.startswith("cfg.")]
-    full = [{**{k: row.get(k) for k in own}, **{k: row.get(k) for k in schema}} for row in rows]
-    table = pa.Table.from_pylist(full)
-    for key, tp in schema.items():
-        i = table.schema.get_field_index(key)
-        column = table.column(i)
-        if column.type != tp:
-            try:
-                column = column.cast(tp)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # e.g. a list-valued key
-                column = pa.array([None if v is None else json.dumps(v) for v in column.to_pylist()],
-                                  type=pa.string())
-            table = table.set_column(i, key, column)
-    return table
+    arrays = [pa.array([row[k] for row in rows]) for k in own]
+    arrays += [_typed_column([row.get(k) for row in rows], tp) for k, tp in schema.items()]
+    return pa.Table.from_arrays(arrays, names=[*own, *schema])
+
+
+def _typed_column(values: list[Any], tp: pa.DataType) -> pa.Array:
+    """``values`` as an Arrow array of type ``tp``: typed nulls if all are None, else
+    inferred and cast; JSON text where the cast refuses (e.g. a list-valued key)."""
+    if all(v is None for v in values):
+        return pa.nulls(len(values), tp)  # most keys of a cell's unchosen options
+    column = pa.array(values)
+    if column.type == tp:
+        return column
+    try:
+        return column.cast(tp)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return pa.array([None if v is None else json.dumps(v) for v in values], type=pa.string())
 
 
 def part_path(sweep_dir: Path | str, table: str, cell_id: str) -> Path:
