@@ -39,8 +39,6 @@ import math
 from typing import Callable
 
 import numpy as np
-from scipy.optimize import brentq
-from scipy.special import ndtri
 
 __all__ = ["gini", "zipf_popularity", "inclusion_probabilities", "max_gini",
            "lognormal_sigma", "measured_popularity", "profile_function"]
@@ -94,6 +92,8 @@ def inclusion_probabilities(probs: np.ndarray, k: int) -> np.ndarray:
     def excess(log_t: float) -> float:
         return float(-np.expm1(-probs * math.exp(log_t)).sum() - k)
 
+    from scipy.optimize import brentq  # here: scipy.optimize is 0.7 s of importing helios.config
+
     lo, hi = math.log(k) - 1.0, math.log(k) + 1.0
     while excess(lo) > 0:
         lo -= 2.0
@@ -123,6 +123,8 @@ def max_gini(num_experts: int, top_k: int) -> float:
 
 def _lognormal_weights(num_experts: int, sigma: float) -> np.ndarray:
     """Log-normal weights at evenly spaced quantiles, heaviest first, summing to 1."""
+    from scipy.special import ndtri
+
     z = ndtri((np.arange(num_experts, 0, -1) - 0.5) / num_experts)
     w = np.exp(sigma * (z - z.max()))  # scaled so the largest is 1: no overflow
     return w / w.sum()
@@ -141,6 +143,8 @@ def lognormal_sigma(num_experts: int, top_k: int, target: float) -> float:
 
     def error(sigma: float) -> float:
         return gini(inclusion_probabilities(_lognormal_weights(num_experts, sigma), top_k)) - target
+
+    from scipy.optimize import brentq
 
     if error(0.0) >= 0.0:  # a target at (or, by rounding, below) the uniform profile's Gini
         return 0.0

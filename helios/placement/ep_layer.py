@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.optimize import linprog
 
 from helios.placement.loadaware import US, LayerVars, _Layer, replica_counts
 from helios.placement.milp import Milp
@@ -215,6 +214,8 @@ class EpLayer(_Layer):
         over the GPUs (an LP in ``P``, ``D``, ``B``): the link terms of any placement."""
         if self.out.size == 0:
             return 0.0
+        from scipy.optimize import linprog  # here: only the ILP needs scipy.optimize (0.7 s)
+
         G, K, Kb = self.num_gpus, self.out.shape[0], self.back.shape[0]
         cost = np.r_[np.zeros(G), 1.0, 1.0]
         scale = 1.0 / max(self.out.max(), self.back.max())

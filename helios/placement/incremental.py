@@ -33,7 +33,6 @@ References
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from helios.placement.base import Placement
 
@@ -72,6 +71,8 @@ def relabel_min_moves(current: list[list[int]], target: list[list[int]], num_gpu
         A permutation of ``range(G)``; ``[[perm[g] for g in gpus] for gpus in target]`` has
         the same per-GPU loads as ``target`` and needs the fewest copies among them.
     """
+    from scipy.optimize import linear_sum_assignment  # here: the simulator imports 0.3 s faster
+
     held = held_matrix(current, num_gpus).astype(np.int64)   # (E, G)
     want = held_matrix(target, num_gpus).astype(np.int64)    # (E, P)
     # cost[p, g]: experts of pack p that GPU g lacks.

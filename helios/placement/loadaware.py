@@ -56,7 +56,6 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.stats import binom
 
 from helios.placement.milp import Milp
 
@@ -146,6 +145,8 @@ def expert_busy_seconds(pi: np.ndarray, tokens: int, spec: Any) -> np.ndarray:
     ``n0 = floor(wr / ts)`` this is ``overhead P(n >= 1) + wr P(1 <= n <= n0) + ts
     E[n; n > n0]``, and ``E[n; n >= m] = tokens * pi * P(Binomial(tokens - 1, pi) >= m - 1)``.
     """
+    from scipy.stats import binom  # here: scipy.stats is 0.6 s of importing the simulator
+
     pi = np.clip(np.asarray(pi, dtype=float), 0.0, 1.0)
     ts, wr, ko = spec.token_seconds, spec.weight_read_seconds, spec.kernel_overhead_s
     n0 = math.floor(wr / ts) if ts > 0 else tokens
