@@ -241,7 +241,7 @@ def test_time_limit_bounds_the_whole_placement(serving):
 
 def test_a_layer_that_runs_past_its_share_shortens_the_later_ones(monkeypatch):
     """HiGHS reads its clock only after its set-up, so a layer can run past its share.
-    A solver that always runs 0.4 s past must not carry the placement 0.4 s past the
+    A solver that always runs 0.6 s past must not carry the placement 0.6 s past the
     limit: the slip comes off the later layers' shares."""
     rng = np.random.default_rng(5)
     load = np.stack([rng.permutation(1e3 / np.arange(1, 17)) for _ in range(12)])
@@ -250,7 +250,7 @@ def test_a_layer_that_runs_past_its_share_shortens_the_later_ones(monkeypatch):
 
     def late(model, left, mip_gap, greedy=None):
         shares.append(left)
-        time.sleep(left + 0.4)
+        time.sleep(left + 0.6)
         return greedy
 
     monkeypatch.setattr(ilp, "solve_layer", late)
@@ -258,7 +258,7 @@ def test_a_layer_that_runs_past_its_share_shortens_the_later_ones(monkeypatch):
     placement = ilp.helios_static(ctx)
     elapsed = time.perf_counter() - t0
     assert len(shares) >= 2
-    assert elapsed <= 1.5 + 0.1, (elapsed, shares)  # without the slip taken off: 1.88 s
+    assert elapsed <= 1.5 + 0.25, (elapsed, shares)  # without the slip taken off: 2.04 s
     placement.validate(ctx.num_experts, ctx.slots_per_gpu)
 
 
