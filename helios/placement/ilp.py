@@ -38,7 +38,8 @@ the layers left, its MIP that time less the layer's longest share LP (HiGHS runs
 a MIP time limit by about one root LP: ~1 s on a 72-server request-model layer). The
 most any layer ran past its share (HiGHS's set-up before it reads its clock, 0.05-0.1 s
 on a 256 x 48 EP layer) comes off every later layer's share, and each layer's replica
-lists are built as it is solved, so the limit holds to the last layer's slip. Only
+lists are built as it is solved: the placement overruns its limit by at most how much
+further the last layer slips than any layer before it. Only
 the greedy starts themselves may run past a limit too small for them. Solves stopped by
 the time limit depend on the machine's speed; proven ones do not (one thread, fixed
 seed).
@@ -350,6 +351,7 @@ def _replica_lists(sol: LayerSolution) -> tuple[list[list[int]], list[list[float
 
 def _info(ctx: PlacementContext, solutions: list[LayerSolution], replicas: list[Any],
           seconds: float) -> dict[str, Any]:
+    """The placement's ``info``: the worst layer's status, sums and the largest gap."""
     status = max((s.status for s in solutions), key=STATUS_ORDER.index)
     objective = sum(s.objective for s in solutions)
     bound = sum(s.bound for s in solutions)
