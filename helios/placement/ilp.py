@@ -36,10 +36,11 @@ first every layer gets its greedy start (step 2 with equal shares), the fallback
 ships where time runs out; then each layer's improvement gets the remaining time over
 the layers left, its MIP that time less the layer's longest share LP (HiGHS runs past
 a MIP time limit by about one root LP: ~1 s on a 72-server request-model layer). The
-most any layer ran past its share (HiGHS's set-up before it reads its clock, 0.05-0.1 s
-on a 256 x 48 EP layer) comes off every later layer's share, and each layer's replica
-lists are built as it is solved: the placement overruns its limit by at most how much
-further the last layer slips than any layer before it. Only
+most any layer has run past its share (HiGHS's set-up before it reads its clock,
+0.05-0.1 s on a 256 x 48 EP layer) is held back from the time left, for the last layer
+to run past in, and each layer's replica lists are built as it is solved: the placement
+overruns its limit by at most how much further the last layer slips than any layer
+before it. Only
 the greedy starts themselves may run past a limit too small for them. Solves stopped by
 the time limit depend on the machine's speed; proven ones do not (one thread, fixed
 seed).
@@ -294,11 +295,11 @@ def solve_placement(ctx: PlacementContext, metric: str) -> Placement:
     # each layer's lists are built as it is solved, so nothing sizeable runs past the loop
     lists = [_replica_lists(sol) for sol in solutions]
     start_s = 0.0  # the most a layer took to get its start ready so far
-    slip = 0.0  # the most a layer ran past its share (HiGHS's set-up): later shares lose it
+    slip = 0.0  # the most a layer ran past its share (HiGHS's set-up): held back for the last
     for l, model in enumerate(models):
         if ctx.serving == "request":
             _set_background(models, solutions, l)
-        left = max(deadline - time.perf_counter(), 0.0) / (len(models) - l) - slip
+        left = max(deadline - time.perf_counter() - slip, 0.0) / (len(models) - l)
         if left <= start_s:  # too little time for a layer's full start: keep its greedy one
             if ctx.serving == "request":  # its objective against the current background
                 sol = solutions[l]
