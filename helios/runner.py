@@ -34,9 +34,7 @@ How a sweep runs
 from __future__ import annotations
 
 import contextlib
-import signal
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -50,6 +48,7 @@ from helios.config import CellConfig, to_dict
 from helios.errors import StorageError
 from helios.placement.cache import cache_root
 from helios.placement.ray_cache import start_cache_actor
+from helios.signals import STOP_SIGNAL, raise_on_stop_signals, stopped_by_sigterm
 from helios.worker import SimulationWorker, ray_session
 
 #: Cells queued on one actor at a time: one running, one ready to start.
@@ -80,36 +79,6 @@ class Cell:
     label: str
     deaths: int = 0
     claim: Any = None  # helios.storage.Claim while this driver holds the cell
-
-
-#: The signal (SIGINT or SIGTERM) that stopped this process, once one has.
-STOP_SIGNAL: dict[str, int | None] = {"signum": None}
-
-
-def raise_on_stop_signals() -> None:
-    """Make Ctrl-C and SIGTERM stop the main thread with a ``KeyboardInterrupt``, and remember
-    which came (exit status 130 or 143).
-
-    The signal is also remembered, because Ray can swallow the exception: a
-    ``KeyboardInterrupt`` raised while its C++ core checks for signals becomes an
-    "interrupted" status that some of its calls ignore (a sweep once ran to the end after
-    Ctrl-C). The pool checks :data:`STOP_SIGNAL` after every wait.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        STOP_SIGNAL["signum"] = signum
-        raise KeyboardInterrupt
-
-    # ray.init installs its own SIGTERM handler (sys.exit(15)): call this after it.
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-
-
-def stopped_by_sigterm() -> bool:
-    """Whether the stop was SIGTERM (exit status 143) rather than Ctrl-C (130)."""
-    return STOP_SIGNAL["signum"] == signal.SIGTERM
 
 
 class Interrupted(Exception):

@@ -426,9 +426,11 @@ def _finished_summary(cfg: CellConfig, sweep_dir: Path) -> str | None:
 
     cid = cell_id(cfg)
     path = part_path(sweep_dir, "cells", cid)
-    from helios.runner import missing_requests
+    if cfg.rerun or not path.exists():
+        return None
+    from helios.runner import missing_requests  # imports Ray (~0.5 s): only for a resume
 
-    if cfg.rerun or not path.exists() or missing_requests(cfg, sweep_dir, cid):
+    if missing_requests(cfg, sweep_dir, cid):
         return None
     if not part_is_whole(path, cid):
         print(f"helios: damaged part {path}: its cell runs again", file=sys.stderr)
@@ -481,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(err.one_line(), file=sys.stderr)
             raise SystemExit(2) from None
     sys.argv = [sys.argv[0], *argv]
-    from helios.runner import raise_on_stop_signals, stopped_by_sigterm
+    from helios.signals import raise_on_stop_signals, stopped_by_sigterm
 
     raise_on_stop_signals()
     try:
