@@ -28,6 +28,7 @@ machines without numba).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -411,7 +412,7 @@ class TaskGraph:
             shape = parts[0].shape
         else:  # a step adds ~40 task arrays per layer: skip broadcast_arrays' overhead
             shape = shapes.pop() if shapes else ()
-        count = int(np.prod(shape))
+        count = math.prod(shape)  # np.prod of a tuple costs ~5 us, a sixth of this call
         flat = [p.ravel() if p.ndim else np.full(count, p, dtype=p.dtype) for p in parts]
         ids = np.arange(self.size, self.size + count, dtype=np.int64).reshape(shape)
         self._kind.append(np.full(count, kind, dtype=np.int8))
