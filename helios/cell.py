@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import hashlib
-import json
 import socket
 import subprocess
 import time
@@ -21,6 +19,7 @@ from typing import Any
 
 from helios import __version__
 from helios.config import CellConfig, TopologyConfig, cell_config, flatten, simulated_layers, to_dict
+from helios.identity import SIM_MODEL_VERSION, cell_id  # noqa: F401 - re-exported
 from helios.moe import model_spec
 from helios.placement import PlacementContext
 from helios.placement.cache import DiskPlacementCache, cache_root, obtain_placement
@@ -32,14 +31,6 @@ from helios.sim.ep.metrics import ep_cell_metrics, ep_window_records, request_re
 from helios.sim.ep.steady import mean_rate, representative_step
 from helios.sim.metrics import cell_metrics, window_records
 from helios.workload import Workload
-
-#: Bumped whenever a change to the simulator can change any result; part of every cell id.
-SIM_MODEL_VERSION = "helios-sim-6"
-
-#: Config sections that do not change a cell's results (excluded from its id).
-NON_SEMANTIC = ("ray", "output_dir", "sweep", "record", "rerun")
-#: Keys of ``sim`` that only bound what may run (the preflight's limits).
-NON_SEMANTIC_SIM = ("max_events", "max_memory_gib")
 
 #: ECMP hash salt of a cluster. It belongs to the cluster, not the workload, so it is
 #: fixed: every seed of a sweep sees the same routes and can share one placement.
@@ -56,14 +47,6 @@ class CellResult:
     config: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     """Cost figures that are not results (e.g. the kernel's chunk-hops), for benchmarks."""
-
-
-def cell_id(cfg: CellConfig) -> str:
-    """Content hash of the result-relevant config, the seed and :data:`SIM_MODEL_VERSION`."""
-    data = {k: v for k, v in to_dict(cfg).items() if k not in NON_SEMANTIC}
-    data["sim"] = {k: v for k, v in data["sim"].items() if k not in NON_SEMANTIC_SIM}
-    blob = json.dumps({"cfg": data, "model_version": SIM_MODEL_VERSION}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=8)

@@ -177,7 +177,7 @@ def default_num_workers() -> int:
 def plan(cells: Sequence[CellConfig], labels: Sequence[str] | None = None
          ) -> tuple[list[Cell], list[Cell], int]:
     """Split ``cells`` into (to run, already done, duplicate count) by cell id and folder."""
-    from helios.cell import cell_id as compute_cell_id
+    from helios.identity import cell_id as compute_cell_id
     from helios.results import scan_done
 
     labels = list(labels) if labels is not None else [""] * len(cells)

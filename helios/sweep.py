@@ -372,7 +372,7 @@ DRY_RUN_FLAGS = ("+dry_run=true", "dry_run=true", "++dry_run=true")
 def dry_run(argv: Sequence[str]) -> None:
     """Print every cell of a command line with its status and estimated cost; run nothing,
     write nothing."""
-    from helios.cell import cell_id
+    from helios.identity import cell_id
     from helios.preflight import estimate
     from helios.results import part_is_whole, part_path
 
@@ -421,7 +421,8 @@ def _finished_summary(cfg: CellConfig, sweep_dir: Path) -> str | None:
     """The summary of a cell already written whole there (resume, as sweeps do), or None."""
     import pyarrow.parquet as pq
 
-    from helios.cell import cell_id, summary_line
+    from helios.cell import summary_line
+    from helios.identity import cell_id
     from helios.results import part_is_whole, part_path
 
     cid = cell_id(cfg)

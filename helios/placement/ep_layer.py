@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from helios.placement.loadaware import US, LayerVars, _Layer, replica_counts
 from helios.placement.milp import Milp
@@ -120,6 +119,8 @@ class EpLayer(_Layer):
         col_upper[:n] = 1.0
         if hops:
             col_upper[[d_col, b_col]] = 0.0
+        import scipy.sparse as sp  # here: a sweep's driver imports this module but never solves
+
         solved = _lexicographic_lp(cost, z0, sp.vstack(blocks, format="csc"), np.concatenate(lower),
                                    np.concatenate(upper), col_upper)
         if solved is None:
@@ -287,7 +288,7 @@ class EpLayer(_Layer):
         state["b_load"] += self.back[:, g] * q
 
 
-def _lexicographic_lp(cost: np.ndarray, z0: int, a: sp.csc_matrix, row_lo: np.ndarray,
+def _lexicographic_lp(cost: np.ndarray, z0: int, a: Any, row_lo: np.ndarray,
                       row_hi: np.ndarray, col_hi: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Minimise ``cost`` (columns from ``z0`` on excluded), then, with it held at its
     optimum, the columns from ``z0`` on; returns the second point and the first's row
@@ -323,7 +324,10 @@ def _lexicographic_lp(cost: np.ndarray, z0: int, a: sp.csc_matrix, row_lo: np.nd
     return np.asarray(h.getSolution().col_value), duals
 
 
-def _rows(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, num_rows: int, width: int) -> sp.csr_matrix:
+def _rows(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, num_rows: int, width: int) -> Any:
+    """A ``scipy.sparse.csr_matrix`` of shape ``(num_rows, width)``."""
+    import scipy.sparse as sp
+
     return sp.csr_matrix((vals, (rows, cols)), shape=(num_rows, width))
 
 

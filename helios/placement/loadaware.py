@@ -55,7 +55,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from helios.placement.milp import Milp
 
@@ -84,6 +83,8 @@ def link_coefficients(cluster: Any, share: np.ndarray, out_bytes: float,
         Dispatch (source -> GPU) and combine (GPU -> source) rows of the links any
         route loads.
     """
+    import scipy.sparse as sp  # here: a sweep's driver imports this module but never solves
+
     G = cluster.num_gpus
     src = np.flatnonzero(share)
     gpus, srcs = np.repeat(np.arange(G), src.size), np.tile(src, G)

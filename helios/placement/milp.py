@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 __all__ = ["Milp", "MilpResult"]
 
@@ -77,8 +77,10 @@ class Milp:
         self._row_lo.append(np.broadcast_to(np.asarray(lower, dtype=float), (n,)).copy())
         self._row_hi.append(np.broadcast_to(np.asarray(upper, dtype=float), (n,)).copy())
 
-    def matrix(self) -> sp.csr_matrix:
-        """The constraint matrix, shape (rows, columns)."""
+    def matrix(self) -> Any:
+        """The constraint matrix, shape (rows, columns): a ``scipy.sparse.csr_matrix``."""
+        import scipy.sparse as sp  # here: a sweep's driver imports this module but never solves
+
         blocks = [sp.coo_matrix((v, (r, c)), shape=(n, self.num_cols)) for r, c, v, n in self._rows]
         return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, self.num_cols))
 

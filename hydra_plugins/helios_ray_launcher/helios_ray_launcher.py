@@ -157,7 +157,7 @@ class HeliosRayLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
                ) -> Sequence[JobReturn]:
-        from helios.cell import cell_id
+        from helios.identity import cell_id
         from helios.errors import StorageError
         from helios.runner import Interrupted, run_sweep
         from helios.worker import RayUnreachable
