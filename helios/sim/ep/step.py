@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from helios.sim.ep.exchange import per_node_tasks
 from helios.sim.kernel import TaskGraph
 
 
@@ -217,71 +218,32 @@ class StepBuilder:
             return np.concatenate([back, gemm]), np.concatenate([r[o], self.ranks])
         return self._exchange_per_node(graph, attn, gemm, t, into_gemm)
 
-    def _pieces(self, count: np.ndarray) -> np.ndarray:
-        """``count`` tokens of each flow split into :attr:`relay_chunks` near-equal pieces: (K, P)."""
-        K = self.relay_chunks
-        k = np.arange(K)[:, None]
-        return count[None, :] // K + (k < count[None, :] % K)
-
-    def _split(self, src: np.ndarray, dst: np.ndarray, count: np.ndarray):
-        """Flows ``src -> dst`` of ``count`` tokens as :attr:`relay_chunks` pieces each:
-        (src, dst, piece index, tokens), piece-major, every array of length K x flows."""
-        K = self.relay_chunks
-        return (np.tile(src, K), np.tile(dst, K), np.repeat(np.arange(K), src.size),
-                self._pieces(count).ravel())
-
-    def _exchange_per_node(self, graph, attn, gemm, t: LayerTraffic, into_gemm):
+    def _exchange_per_node(self, graph: TaskGraph, attn: np.ndarray, gemm: np.ndarray,
+                           t: LayerTraffic, into_gemm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """DeepEP's normal kernels: RDMA to a relay per server, NVLink forwarding, and back.
 
-        Every relayed flow goes in :attr:`relay_chunks` pieces, and a relay forwards (or,
-        in the combine, sends over RDMA) piece ``k`` as soon as piece ``k`` is in, so the
-        RDMA and NVLink stages pipeline as DeepEP's chunked kernels do.
+        - **Dispatch.** Every rank sends one RDMA copy per (token, destination server) to
+          the GPU of that server with the rank's local index (the relay), in
+          :attr:`relay_chunks` pieces per flow, each rank's pieces piece by piece and
+          within a piece in staggered server order. A relay forwards each piece over
+          NVLink to the destination GPUs as soon as that piece is in (so the RDMA and
+          NVLink stages pipeline as DeepEP's chunked kernels do), each relay's pieces
+          piece by piece in staggered order. GPUs of the sender's own server get their
+          flows over NVLink directly, whole.
+        - **Combine.** Every GPU sends its results over NVLink, relayed flows in pieces
+          to the relay, which sends one RDMA copy per token and piece once that piece is
+          in from all its GPUs; flows back within the server go as direct pieces. A GPU
+          sends piece ``k`` of all its flows (relayed and direct, in staggered order)
+          before piece ``k + 1``, as DeepEP's channels walk their tokens in order; direct
+          flows sent first would hold every relay's first RDMA piece back by a whole
+          direct phase.
+
+        The lists are built by the compiled :func:`helios.sim.ep.exchange.per_node_tasks`.
         """
-        G, node, K = self.G, self.node, self.relay_chunks
-        N = G // self.gps
-        # RDMA pieces to the relay GPU (same local index) of every other server.
-        r, n = self._staggered(*np.nonzero(t.per_node), nodes=True)
-        R, Nn, Kp, C = self._split(r, n, t.per_node[r, n])
-        Rel = Nn * self.gps + self.local[R]
-        o = np.lexsort((self._key(R, Nn, nodes=True), Kp, R))
-        rdma = self._messages(graph, R[o], Rel[o], C[o], self.db)
-        graph.edges(attn[R[o]], rdma)
-        rdma_id = np.full((K, G, N), -1, dtype=np.int64)
-        rdma_id[Kp[o], R[o], Nn[o]] = rdma
-        # GPUs of the sender's own server get theirs over NVLink directly.
-        r2, j = self._staggered(*np.nonzero(t.per_gpu))
-        same = node[j] == node[r2]
-        rd, jd = r2[same], j[same]
-        direct = self._messages(graph, rd, jd, t.per_gpu[rd, jd], self.db)
-        graph.edges(attn[rd], direct)
-        graph.edges(direct, into_gemm[jd])
-        # Forwarded pieces: relay -> destination GPU over NVLink, after the RDMA piece.
-        rc, jc = r2[~same], j[~same]
-        RC, JC, KQ, FC = self._split(rc, jc, t.per_gpu[rc, jc])
-        VIA = node[JC] * self.gps + self.local[RC]
-        o2 = np.lexsort((self._key(VIA, JC), KQ, VIA))
-        fwd = self._messages(graph, VIA[o2], JC[o2], FC[o2], self.db)
-        graph.edges(rdma_id[KQ[o2], RC[o2], node[JC[o2]]], fwd)
-        graph.edges(fwd, into_gemm[JC[o2]])
-        # Combine. Every GPU sends its results over NVLink: relayed flows in pieces to
-        # the relay, which sends one RDMA copy per token and piece once that piece is in
-        # from all its GPUs; flows back within the server as direct pieces. A GPU sends
-        # piece k of all its flows (relayed and direct, in staggered order) before piece
-        # k + 1, as DeepEP's channels walk their tokens in order; direct flows sent first
-        # would hold every relay's first RDMA piece back by a whole direct phase.
-        RD, JD, KD, DC = self._split(rd, jd, t.per_gpu[rd, jd])
-        snd, rcv = np.concatenate([JC, JD]), np.concatenate([VIA, RD])
-        piece, count = np.concatenate([KQ, KD]), np.concatenate([FC, DC])
-        ob = np.lexsort((self._key(snd, rcv), piece, snd))
-        back = self._messages(graph, snd[ob], rcv[ob], count[ob], self.cb)
-        graph.edges(gemm[snd[ob]], back)
-        relayed = ob < JC.size
-        o3, od = ob[relayed], ob[~relayed]
-        o4 = np.lexsort((self._key(Rel, node[R], nodes=True), Kp, Rel))
-        rdma_back = self._messages(graph, Rel[o4], R[o4], C[o4], self.cb)
-        back_id = np.full((K, G, N), -1, dtype=np.int64)
-        back_id[Kp[o4], R[o4], Nn[o4]] = rdma_back
-        graph.edges(back[relayed], back_id[KQ[o3], RC[o3], node[JC[o3]]])
-        ends = np.concatenate([rdma_back, back[~relayed], gemm])
-        ranks = np.concatenate([R[o4], rcv[od], self.ranks])
+        src, dst, nbytes, network_bytes, edge_from, edge_to, ends, ranks = per_node_tasks(
+            t.per_node, t.per_gpu, self.node, self.local, self.gps, self.relay_chunks,
+            float(self.db), float(self.cb), graph.size, attn, gemm, into_gemm, self.ranks)
+        self.network_bytes += network_bytes
+        graph.message(src, dst, nbytes)
+        graph.edges(edge_from, edge_to)
         return ends, ranks
