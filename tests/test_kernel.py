@@ -99,3 +99,18 @@ def test_transfer_time_is_the_idle_network_delivery_of_the_link_model(nbytes):
         traffic = (np.array([0.0]), np.array([src]), np.array([dst]), np.array([nbytes]))
         expected, _ = _simpy_delivery(cluster, chunk, traffic)
         assert cluster.transfer_time(src, dst, nbytes, chunk) == pytest.approx(expected[0], rel=1e-12)
+
+
+def test_successor_lists_keep_the_order_edges_were_added():
+    from helios.sim.kernel import successors
+
+    rng = np.random.default_rng(7)
+    size = 500
+    src, dst = rng.integers(0, size, 4000), rng.integers(0, size, 4000)
+    deps, ptr, succ = successors(src, dst, size)
+    order = np.argsort(src, kind="stable")  # each task's successors in insertion order
+    np.testing.assert_array_equal(succ, dst[order])
+    np.testing.assert_array_equal(ptr, np.r_[0, np.cumsum(np.bincount(src, minlength=size))])
+    np.testing.assert_array_equal(deps, np.bincount(dst, minlength=size))
+    empty = successors(np.zeros(0, np.int64), np.zeros(0, np.int64), 3)
+    assert [a.tolist() for a in empty] == [[0, 0, 0], [0, 0, 0, 0], []]

@@ -1,4 +1,8 @@
-"""The compiled ``per_node`` exchange builds the task graph of its numpy formulation.
+"""The compiled step builders give what their numpy formulations give.
+
+The traffic counts of a layer (:func:`helios.sim.ep.step.layer_traffic`) are compared
+with :func:`numpy_layer_traffic`, and the ``per_node`` exchange's task graph with
+:class:`NumpyPerNode`'s.
 
 :class:`NumpyPerNode` below is the exchange as it was first written, in numpy (each
 order an ``np.lexsort``); :func:`helios.sim.ep.exchange.per_node_tasks` must give the
@@ -13,6 +17,46 @@ import numpy as np
 import pytest
 
 from helios.sim.ep.step import LayerTraffic, StepBuilder, layer_traffic
+
+
+def _distinct(keys, pad):
+    """Each row's keys with repeats replaced by ``pad`` (a value no key takes)."""
+    if keys.shape[1] <= 1:
+        return keys
+    ranked = np.sort(keys, axis=1)
+    out = ranked.copy()
+    out[:, 1:][ranked[:, 1:] == ranked[:, :-1]] = pad
+    return out
+
+
+def numpy_layer_traffic(src, gpu, expert, G, gps, E) -> LayerTraffic:
+    """The numpy formulation of :func:`layer_traffic` (bincounts of deduplicated keys)."""
+    nodes = G // gps
+    pair = src[:, None] * G + gpu
+    per_expert = np.bincount(pair.ravel(), minlength=G * G).reshape(G, G)
+    per_gpu = np.bincount(_distinct(pair, pad=G * G).ravel(), minlength=G * G + 1)[:G * G].reshape(G, G)
+    node_pair = src[:, None] * nodes + gpu // gps
+    per_node = np.bincount(_distinct(node_pair, pad=G * nodes).ravel(),
+                           minlength=G * nodes + 1)[:G * nodes].reshape(G, nodes)
+    served = np.bincount((gpu * E + expert).ravel(), minlength=G * E).reshape(G, E)
+    return LayerTraffic(per_gpu, per_expert, per_node, served.sum(axis=1), (served > 0).sum(axis=1))
+
+
+@pytest.mark.parametrize("G,gps,E,k,tokens", [(16, 8, 256, 8, 300), (32, 4, 64, 4, 50),
+                                              (8, 8, 16, 1, 40), (16, 2, 32, 6, 0)])
+def test_compiled_traffic_counts_are_the_numpy_counts(G, gps, E, k, tokens):
+    rng = np.random.default_rng(G + E + k)
+    for copies in (1, 2, 4):  # experts with copies on several GPUs, some on the same server
+        src = np.sort(rng.integers(0, G, tokens))
+        expert = np.argsort(rng.random((tokens, E)), axis=1)[:, :k]
+        home = rng.integers(0, G, (E, copies))
+        gpu = home[expert, rng.integers(0, copies, expert.shape)]
+        want, got = numpy_layer_traffic(src, gpu, expert, G, gps, E), layer_traffic(src, gpu, expert, G, gps, E)
+        for name in ("per_gpu", "per_expert", "per_node", "pairs", "active"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+        assert got.per_expert.sum() == tokens * k
+        if k > 1 and tokens:  # repeats were there to drop
+            assert got.per_gpu.sum() < tokens * k and got.per_node.sum() < got.per_gpu.sum()
 
 
 class NumpyPerNode(StepBuilder):

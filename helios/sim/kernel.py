@@ -444,11 +444,28 @@ class TaskGraph:
         cat = lambda parts, dtype: (np.concatenate(parts).astype(dtype, copy=False)  # noqa: E731
                                     if parts else np.zeros(0, dtype=dtype))
         kind = cat(self._kind, np.int8)
-        src = cat(self._edges_from, np.int64)
-        dst = cat(self._edges_to, np.int64)
-        order = np.argsort(src, kind="stable")
-        succ_ptr = np.zeros(self.size + 1, dtype=np.int64)
-        np.cumsum(np.bincount(src, minlength=self.size), out=succ_ptr[1:])
-        deps = np.bincount(dst, minlength=self.size).astype(np.int64)
+        deps, succ_ptr, succ = successors(cat(self._edges_from, np.int64),
+                                          cat(self._edges_to, np.int64), self.size)
         return (kind, cat(self._a, np.int64), cat(self._b, np.int64), cat(self._value, float),
-                cat(self._start, float), deps, succ_ptr, dst[order])
+                cat(self._start, float), deps, succ_ptr, succ)
+
+
+@_njit
+def successors(src: np.ndarray, dst: np.ndarray, size: int) -> tuple[np.ndarray, ...]:
+    """Edges ``src[i] -> dst[i]`` among ``size`` tasks as ``(deps, succ_ptr, succ)``: the
+    predecessor count of every task, and the successors of task ``t`` in
+    ``succ[succ_ptr[t]:succ_ptr[t + 1]]`` in the order their edges were added (a counting
+    sort: the stable ``argsort`` of ``src`` in one pass)."""
+    deps = np.zeros(size, np.int64)
+    succ_ptr = np.zeros(size + 1, np.int64)
+    for e in range(src.size):
+        succ_ptr[src[e] + 1] += 1
+        deps[dst[e]] += 1
+    for t in range(size):
+        succ_ptr[t + 1] += succ_ptr[t]
+    fill = succ_ptr[:-1].copy()
+    succ = np.empty(src.size, np.int64)
+    for e in range(src.size):
+        succ[fill[src[e]]] = dst[e]
+        fill[src[e]] += 1
+    return deps, succ_ptr, succ

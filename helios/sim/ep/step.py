@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from helios.sim.ep.exchange import per_node_tasks
-from helios.sim.kernel import TaskGraph
+from helios.sim.kernel import TaskGraph, _njit
 
 
 @dataclass
@@ -76,28 +76,39 @@ def layer_traffic(src: np.ndarray, gpu: np.ndarray, expert: np.ndarray, num_gpus
     gpu, expert : int arrays, shape (T, k)
         GPU serving each of the token's experts, and the expert.
     """
-    G, k = num_gpus, gpu.shape[1]
-    nodes = G // gpus_per_server
-    pair = src[:, None] * G + gpu
-    per_expert = np.bincount(pair.ravel(), minlength=G * G).reshape(G, G)
-    per_gpu = np.bincount(_distinct(pair, pad=G * G).ravel(), minlength=G * G + 1)[:G * G].reshape(G, G)
-    node_pair = src[:, None] * nodes + gpu // gpus_per_server
-    per_node = np.bincount(_distinct(node_pair, pad=G * nodes).ravel(),
-                           minlength=G * nodes + 1)[:G * nodes].reshape(G, nodes)
-    served = np.bincount((gpu * num_experts + expert).ravel(), minlength=G * num_experts)
-    served = served.reshape(G, num_experts)
-    return LayerTraffic(per_gpu, per_expert, per_node, served.sum(axis=1),
-                        (served > 0).sum(axis=1))
+    G = num_gpus
+    per_gpu = np.zeros((G, G), dtype=np.int64)
+    per_expert = np.zeros((G, G), dtype=np.int64)
+    per_node = np.zeros((G, G // gpus_per_server), dtype=np.int64)
+    served = np.zeros((G, num_experts), dtype=np.int64)
+    _count_traffic(src, gpu, expert, gpus_per_server, per_gpu, per_expert, per_node, served)
+    return LayerTraffic(per_gpu, per_expert, per_node, served.sum(axis=1), (served > 0).sum(axis=1))
 
 
-def _distinct(keys: np.ndarray, pad: int) -> np.ndarray:
-    """Each row's keys with repeats replaced by ``pad`` (a value no key takes)."""
-    if keys.shape[1] <= 1:
-        return keys
-    ranked = np.sort(keys, axis=1)
-    out = ranked.copy()
-    out[:, 1:][ranked[:, 1:] == ranked[:, :-1]] = pad
-    return out
+@_njit
+def _count_traffic(src, gpu, expert, gps, per_gpu, per_expert, per_node, served):
+    """Add every token's pairs (``per_expert``, ``served``), distinct GPUs (``per_gpu``) and
+    distinct servers (``per_node``); a token's ``k`` GPUs are few, so a scan of those
+    before each finds its repeats."""
+    tokens, k = gpu.shape
+    for t in range(tokens):
+        r = src[t]
+        for c in range(k):
+            g = gpu[t, c]
+            per_expert[r, g] += 1
+            served[g, expert[t, c]] += 1
+            new_gpu, new_node = True, True
+            for b in range(c):
+                if gpu[t, b] == g:
+                    new_gpu = False
+                    new_node = False
+                    break
+                if gpu[t, b] // gps == g // gps:
+                    new_node = False
+            if new_gpu:
+                per_gpu[r, g] += 1
+            if new_node:
+                per_node[r, g // gps] += 1
 
 
 @dataclass
