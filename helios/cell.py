@@ -19,7 +19,7 @@ from typing import Any
 
 from helios import __version__
 from helios.config import CellConfig, TopologyConfig, cell_config, flatten, simulated_layers, to_dict
-from helios.identity import SIM_MODEL_VERSION, cell_id  # noqa: F401 - re-exported
+from helios.identity import cell_id
 from helios.moe import model_spec
 from helios.placement import PlacementContext
 from helios.placement.cache import DiskPlacementCache, cache_root, obtain_placement
