@@ -252,8 +252,8 @@ class StepBuilder:
         The lists are built by the compiled :func:`helios.sim.ep.exchange.per_node_tasks`.
         """
         src, dst, nbytes, network_bytes, edge_from, edge_to, ends, ranks = per_node_tasks(
-            t.per_node, t.per_gpu, self.node, self.local, self.gps, self.relay_chunks,
-            float(self.db), float(self.cb), graph.size, attn, gemm, into_gemm, self.ranks)
+            t.per_node, t.per_gpu, self.gps, self.relay_chunks, float(self.db), float(self.cb),
+            graph.size, attn, gemm, into_gemm)
         self.network_bytes += network_bytes
         graph.message(src, dst, nbytes)
         graph.edges(edge_from, edge_to)
