@@ -96,21 +96,12 @@ def sample_top_k(probs: np.ndarray, tokens: int, k: int, rng: np.random.Generato
     num = probs.shape[0]
     if k == num:
         return np.broadcast_to(np.arange(k), (tokens, k)).copy()
+    from helios.sim.draws import first_distinct_by_cdf  # numba: not at import time
+
     draws = 2 * k + 4
     cdf = np.cumsum(probs)
-    picks = np.searchsorted(cdf, rng.random((tokens, draws)) * cdf[-1], side="right")
-    np.minimum(picks, num - 1, out=picks)
-    order = np.argsort(picks, axis=1, kind="stable")
-    ranked = np.take_along_axis(picks, order, axis=1)
-    first_sorted = np.ones_like(ranked, dtype=bool)
-    first_sorted[:, 1:] = ranked[:, 1:] != ranked[:, :-1]
-    first = np.empty_like(first_sorted)
-    np.put_along_axis(first, order, first_sorted, axis=1)
-    keep = first & (np.cumsum(first, axis=1) <= k)
-    short = keep.sum(axis=1) < k
-    out = np.empty((tokens, k), dtype=picks.dtype)
-    full = ~short
-    out[full] = picks[full][keep[full]].reshape(-1, k)
+    out = np.empty((tokens, k), dtype=np.intp)
+    short = first_distinct_by_cdf(rng.random((tokens, draws)), cdf, k, out)
     if short.any():
         with np.errstate(divide="ignore"):
             out[short] = gumbel_top_k(np.log(probs), int(short.sum()), k, rng)

@@ -18,6 +18,64 @@ def workload(seed=0, **scenario):
     return Workload(sc, 16, 2, 8, layers=2, duration=2.0, seed=seed)
 
 
+def numpy_sample_top_k(probs, tokens, k, rng):
+    """The numpy formulation of :func:`sample_top_k` (searchsorted draws, first distinct
+    found through a stable sort of each row), which the compiled loop must reproduce."""
+    num = probs.shape[0]
+    if k == num:
+        return np.broadcast_to(np.arange(k), (tokens, k)).copy()
+    cdf = np.cumsum(probs)
+    picks = np.searchsorted(cdf, rng.random((tokens, 2 * k + 4)) * cdf[-1], side="right")
+    np.minimum(picks, num - 1, out=picks)
+    order = np.argsort(picks, axis=1, kind="stable")
+    ranked = np.take_along_axis(picks, order, axis=1)
+    first_sorted = np.ones_like(ranked, dtype=bool)
+    first_sorted[:, 1:] = ranked[:, 1:] != ranked[:, :-1]
+    first = np.empty_like(first_sorted)
+    np.put_along_axis(first, order, first_sorted, axis=1)
+    keep = first & (np.cumsum(first, axis=1) <= k)
+    short = keep.sum(axis=1) < k
+    out = np.empty((tokens, k), dtype=picks.dtype)
+    out[~short] = picks[~short][keep[~short]].reshape(-1, k)
+    if short.any():
+        with np.errstate(divide="ignore"):
+            out[short] = gumbel_top_k(np.log(probs), int(short.sum()), k, rng)
+    return out
+
+
+@pytest.mark.parametrize("experts,k,tokens,skew", [
+    (256, 8, 8192, 1.0),   # the expected-load profile of DeepSeek-V3 under Zipf(1)
+    (256, 8, 300, 3.0),
+    (64, 6, 5000, 0.0),    # uniform
+    (16, 4, 1000, 2.0),    # skewed: about half the tokens fall back to Gumbel-top-k
+    (32, 1, 100, 1.0),
+    (256, 8, 0, 1.0),
+])
+def test_compiled_top_k_draws_are_the_numpy_draws(experts, k, tokens, skew):
+    rng = np.random.default_rng(experts + tokens)
+    p = rng.permutation(np.arange(1, experts + 1) ** -skew)
+    p[experts // 2] = 0.0  # an expert nobody picks: equal CDF steps, searchsorted's right side
+    p /= p.sum()
+    want_rng, got_rng = np.random.default_rng(5), np.random.default_rng(5)
+    want = numpy_sample_top_k(p, tokens, k, want_rng)
+    got = sample_top_k(p, tokens, k, got_rng)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+    assert got_rng.random() == want_rng.random()  # the two streams stay in step
+    assert (np.sort(got, axis=1)[:, 1:] != np.sort(got, axis=1)[:, :-1]).all()
+
+
+def test_compiled_draws_break_cdf_ties_as_searchsorted_right_does():
+    from helios.sim.draws import first_distinct_by_cdf
+
+    cdf = np.array([0.25, 0.5, 0.5, 1.0])  # expert 2 has no mass: a tie at 0.5
+    u = np.array([[0.5, 0.25, 0.0, 0.99, 0.5, 0.7]])
+    out = np.empty((1, 3), dtype=np.intp)
+    assert not first_distinct_by_cdf(u, cdf, 3, out).any()
+    want = np.minimum(np.searchsorted(cdf, u[0] * cdf[-1], side="right"), 3)
+    assert out[0].tolist() == list(dict.fromkeys(want.tolist()))[:3] == [3, 1, 0]
+
+
 def test_zipf_popularity_follows_rank_power_law():
     perm = np.random.default_rng(1).permutation(10)
     p = zipf_popularity(10, 1.2, perm)
