@@ -7,7 +7,8 @@ import pytest
 import simpy
 from simpy.events import Timeout
 
-from helios.sim.kernel import LinkState, TaskGraph
+from helios.sim.kernel import LinkState
+from helios.sim.taskgraph import TaskGraph
 from helios.sim.network import LinkMeter, Network
 from helios.topology import dragonfly, fat_tree
 
@@ -102,7 +103,7 @@ def test_transfer_time_is_the_idle_network_delivery_of_the_link_model(nbytes):
 
 
 def test_successor_lists_keep_the_order_edges_were_added():
-    from helios.sim.kernel import successors
+    from helios.sim.taskgraph import successors
 
     rng = np.random.default_rng(7)
     size = 500
@@ -114,3 +115,19 @@ def test_successor_lists_keep_the_order_edges_were_added():
     np.testing.assert_array_equal(deps, np.bincount(dst, minlength=size))
     empty = successors(np.zeros(0, np.int64), np.zeros(0, np.int64), 3)
     assert [a.tolist() for a in empty] == [[0, 0, 0], [0, 0, 0, 0], []]
+
+
+def test_chunk_hops_count_only_messages_that_cross_the_network():
+    from helios.sim.taskgraph import count_chunk_hops
+
+    rng = np.random.default_rng(3)
+    n, gpus, chunk = 3000, 16, 4096.0
+    kind = rng.integers(0, 2, n).astype(np.int8)
+    src, dst = rng.integers(0, gpus, n), rng.integers(0, gpus, n)
+    nbytes = rng.choice([0.0, 100.0, 4096.0, 4097.0, 7392.0 * 37], n)
+    route_len = rng.integers(1, 6, (gpus, gpus))
+    msg = (kind == 1) & (nbytes > 0) & (src != dst)
+    hops = route_len[src[msg], dst[msg]]
+    chunk_hops, byte_hops = count_chunk_hops(kind, src, dst, nbytes, route_len, chunk)
+    assert chunk_hops == int((np.ceil(nbytes[msg] / chunk) * hops).sum()) > 0
+    assert byte_hops == (nbytes[msg] * hops).sum()  # whole numbers: exact in any order

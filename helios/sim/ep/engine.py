@@ -51,6 +51,7 @@ from helios.sim.ep.roofline import step_costs
 from helios.sim.ep.scheduler import Batch, RankScheduler, ServedRequest
 from helios.sim.ep.step import StepBuilder, layer_traffic
 from helios.sim.kernel import LinkState
+from helios.sim.taskgraph import count_chunk_hops
 from helios.sim.ep.gate import alias_table, fast_top_k
 from helios.workload import Workload
 
@@ -345,12 +346,9 @@ class EpSimulation:
         return end - now
 
     def _count_chunk_hops(self, arrays: tuple[np.ndarray, ...]) -> None:
-        kind, src, dst, nbytes = arrays[:4]
-        msg = (kind == 1) & (nbytes > 0) & (src != dst)
-        chunks = np.ceil(nbytes[msg] / self.chunk)
-        hops = self.route_len[src[msg], dst[msg]]
-        self.chunk_hops += int((chunks * hops).sum())
-        self.hop_bytes += float((nbytes[msg] * hops).sum())
+        chunk_hops, hop_bytes = count_chunk_hops(*arrays[:4], self.route_len, float(self.chunk))
+        self.chunk_hops += chunk_hops
+        self.hop_bytes += hop_bytes
 
     # ------------------------------------------------------------------ run
     def run(self) -> "EpSimulation":

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from helios.placement.incremental import held_matrix
-from helios.sim.kernel import TaskGraph
+from helios.sim.taskgraph import TaskGraph
 
 
 #: Steps of counts kept beyond a window, for ``telemetry.delay_s``.

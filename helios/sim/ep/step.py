@@ -45,7 +45,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from helios.sim.ep.exchange import per_node_tasks
-from helios.sim.kernel import TaskGraph, _njit
+from helios.sim.kernel import _njit
+from helios.sim.taskgraph import TaskGraph
 
 
 @dataclass
@@ -91,10 +92,12 @@ def _count_traffic(src, gpu, expert, gps, per_gpu, per_expert, per_node, served)
     distinct servers (``per_node``); a token's ``k`` GPUs are few, so a scan of those
     before each finds its repeats."""
     tokens, k = gpu.shape
+    server = np.empty(k, np.int64)  # of the token's pairs: one division each, not one per pair of pairs
     for t in range(tokens):
         r = src[t]
         for c in range(k):
             g = gpu[t, c]
+            server[c] = g // gps
             per_expert[r, g] += 1
             served[g, expert[t, c]] += 1
             new_gpu, new_node = True, True
@@ -103,12 +106,12 @@ def _count_traffic(src, gpu, expert, gps, per_gpu, per_expert, per_node, served)
                     new_gpu = False
                     new_node = False
                     break
-                if gpu[t, b] // gps == g // gps:
+                if server[b] == server[c]:
                     new_node = False
             if new_gpu:
                 per_gpu[r, g] += 1
             if new_node:
-                per_node[r, g // gps] += 1
+                per_node[r, server[c]] += 1
 
 
 @dataclass
