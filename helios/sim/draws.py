@@ -1,5 +1,10 @@
-"""Compiled inner loop of :func:`helios.workload.sample_top_k`: inverse-CDF draws, first
-``k`` distinct per token.
+"""Compiled inner loops of the gate's top-k draws: per token, the first ``k`` distinct
+experts of its draws with replacement (successive sampling).
+
+- :func:`first_distinct_by_cdf` draws by inverse CDF (binary search), for
+  :func:`helios.workload.sample_top_k` (the request model, the expected-load profile);
+- :func:`first_distinct_by_alias` draws in O(1) by an alias table, for
+  :func:`helios.sim.ep.gate.fast_top_k` (every layer of every EP step).
 
 Kept out of :mod:`helios.workload`, which every config import loads, so that composing
 and validating a sweep does not import numba; ``sample_top_k`` imports it on first use.
@@ -9,7 +14,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from helios.sim.kernel import _njit
+from helios.sim.kernel import _njit, _njit_inline
+
+
+@_njit_inline
+def _keep_if_new(out, t, found, pick):
+    """Append ``pick`` to token ``t``'s experts ``out[t, :found]`` unless it is there;
+    returns how many the token has."""
+    for c in range(found):
+        if out[t, c] == pick:
+            return found
+    out[t, found] = pick
+    return found + 1
 
 
 @_njit
@@ -43,17 +59,28 @@ def first_distinct_by_cdf(u: np.ndarray, cdf: np.ndarray, k: int, out: np.ndarra
                     lo = mid + 1
                 else:
                     hi = mid
-            pick = min(lo, n - 1)
-            seen = False
-            for c in range(found):
-                if out[t, c] == pick:
-                    seen = True
-                    break
-            if not seen:
-                out[t, found] = pick
-                found += 1
-                if found == k:
-                    break
-        if found < k:
-            short[t] = True
+            found = _keep_if_new(out, t, found, min(lo, n - 1))
+            if found == k:
+                break
+        short[t] = found < k
+    return short
+
+
+@_njit
+def first_distinct_by_alias(u_index: np.ndarray, u_accept: np.ndarray, accept: np.ndarray,
+                            alias: np.ndarray, k: int, out: np.ndarray) -> np.ndarray:
+    """As :func:`first_distinct_by_cdf`, drawing by Walker's alias method: draw ``d`` of
+    token ``t`` is column ``i = floor(u_index[t, d] * E)``, or its alias unless
+    ``u_accept[t, d] < accept[i]`` (``u_index``, ``u_accept`` of shape (tokens, draws))."""
+    tokens, draws = u_index.shape
+    n = accept.shape[0]
+    short = np.zeros(tokens, dtype=np.bool_)
+    for t in range(tokens):
+        found = 0
+        for d in range(draws):
+            i = min(int(u_index[t, d] * n), n - 1)
+            found = _keep_if_new(out, t, found, i if u_accept[t, d] < accept[i] else alias[i])
+            if found == k:
+                break
+        short[t] = found < k
     return short

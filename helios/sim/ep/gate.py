@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from helios.sim.kernel import _njit
+from helios.sim.draws import first_distinct_by_alias
 from helios.workload import gumbel_top_k
 
 
@@ -33,34 +33,6 @@ def alias_table(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return accept, alias
 
 
-@_njit
-def _first_distinct(u_index, u_accept, accept, alias, k, out):
-    """Per token, the first ``k`` distinct alias draws; returns a mask of short tokens."""
-    tokens, draws = u_index.shape
-    n = accept.shape[0]
-    short = np.zeros(tokens, dtype=np.bool_)
-    for t in range(tokens):
-        found = 0
-        for d in range(draws):
-            i = int(u_index[t, d] * n)
-            if i >= n:
-                i = n - 1
-            pick = i if u_accept[t, d] < accept[i] else alias[i]
-            seen = False
-            for c in range(found):
-                if out[t, c] == pick:
-                    seen = True
-                    break
-            if not seen:
-                out[t, found] = pick
-                found += 1
-                if found == k:
-                    break
-        if found < k:
-            short[t] = True
-    return short
-
-
 def fast_top_k(probs: np.ndarray, tokens: int, k: int, rng: np.random.Generator,
                table: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """``k`` distinct experts for each of ``tokens`` tokens: int array of shape (tokens, k).
@@ -74,7 +46,7 @@ def fast_top_k(probs: np.ndarray, tokens: int, k: int, rng: np.random.Generator,
     draws = 2 * k + 4
     u = rng.random((2, tokens, draws))
     out = np.empty((tokens, k), dtype=np.int64)
-    short = _first_distinct(u[0], u[1], accept, alias.astype(np.int64), k, out)
+    short = first_distinct_by_alias(u[0], u[1], accept, alias.astype(np.int64), k, out)
     if short.any():
         with np.errstate(divide="ignore"):
             out[short] = gumbel_top_k(np.log(probs), int(short.sum()), k, rng)
