@@ -92,7 +92,7 @@ def _count_traffic(src, gpu, expert, gps, per_gpu, per_expert, per_node, served)
     distinct servers (``per_node``); a token's ``k`` GPUs are few, so a scan of those
     before each finds its repeats."""
     tokens, k = gpu.shape
-    server = np.empty(k, np.int64)  # of the token's pairs: one division each, not one per pair of pairs
+    server = np.empty(k, np.int64)  # the server of each of the token's pairs
     for t in range(tokens):
         r = src[t]
         for c in range(k):
