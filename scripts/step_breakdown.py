@@ -8,7 +8,10 @@ Usage::
 Runs one cell per strategy in this process (same config and seed, so the same requests)
 and prints, over all its steps: the step count and mean duration, split into steps
 with no prefill token and steps with one (a prompt chunk on some rank); the busiest
-and the mean rank's grouped-GEMM time in each; and how many servers other than its
+and the mean rank's grouped-GEMM time in each; the busiest and the mean rank's whole compute
+(dense layers, attention and shared experts, GEMMs, LM head), and the busiest one's share
+of the step's duration (mean over steps: near 1 when that rank's compute paces the step,
+low when communication does); and how many servers other than its
 own one token of GPU 0 reaches in a dispatch (``per_node`` sends a token once per
 destination server), from 4096 tokens per simulated layer drawn from the layer's
 popularity at time 0, each expert's copy drawn by the placement's shares as
@@ -57,11 +60,16 @@ def breakdown(overrides: list[str], strategy: str) -> dict[str, float]:
     prefill = np.array([s.prefill_tokens > 0 for s in sim.steps])
     gemm_max = np.array([s.gemm_max_s for s in sim.steps]) * 1e3
     gemm_mean = np.array([s.gemm_mean_s for s in sim.steps]) * 1e3
-    row = {"steps": len(sim.steps), "step_ms": duration.mean()}
+    compute_max = np.array([s.compute_max_s for s in sim.steps]) * 1e3
+    compute_mean = np.array([s.compute_mean_s for s in sim.steps]) * 1e3
+    row = {"steps": len(sim.steps), "step_ms": duration.mean(),
+           "compute_max_ms": compute_max.mean(), "compute_mean_ms": compute_mean.mean(),
+           "compute_max_share": float(np.mean(compute_max / duration))}
     for name, mask in (("decode", ~prefill), ("prefill", prefill)):
         row[f"{name}_steps"] = int(mask.sum())
         for key, values in ((f"{name}_ms", duration), (f"{name}_gemm_max_ms", gemm_max),
-                            (f"{name}_gemm_mean_ms", gemm_mean)):
+                            (f"{name}_gemm_mean_ms", gemm_mean),
+                            (f"{name}_compute_max_ms", compute_max)):
             row[key] = float(values[mask].mean()) if mask.any() else float("nan")
     row["remote_servers_per_token"] = remote_servers_per_token(
         cluster, placement, workload.scenario.popularity(0.0), cfg.model.top_k,

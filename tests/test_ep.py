@@ -115,6 +115,17 @@ def test_tokens_and_bytes_are_conserved(dispatch):
     assert sim.link_bytes.sum() == pytest.approx(sim.hop_bytes, rel=1e-12)
 
 
+@pytest.mark.parametrize("overlap", ["none", "two_batch"])
+def test_step_records_sum_the_compute_the_kernel_ran(overlap):
+    # The records add up cost arrays; the kernel meters the compute tasks it ran.
+    sim = _ep_sim(f"serving.overlap={overlap}", "sim.drain_s=2")
+    recorded = sum(s.compute_mean_s for s in sim.steps) * sim.num_gpus
+    assert recorded == pytest.approx(sim.links.gpu_win.sum(), rel=1e-9)
+    # No rank computes for longer than its step lasts (one-token steps are all compute).
+    assert all(s.gemm_max_s < s.compute_max_s <= (s.end_s - s.start_s) * (1 + 1e-9)
+               for s in sim.steps)
+
+
 def test_relay_pieces_change_timing_not_bytes():
     from helios.sim.ep.step import layer_traffic
 

@@ -174,7 +174,7 @@ def best_move(model: Any, x: np.ndarray, y: np.ndarray) -> tuple[tuple, float] |
       per copy among experts with two or more), so every expert keeps one;
     * *relocate*: the expert's copy on its busiest GPU moves to a light GPU.
     """
-    load, G = model.load, x.shape[1]
+    load = model.load
     count = x.sum(axis=1)
     per_copy = load / np.maximum(count, 1)
     gpu_pairs = (load[:, None] * y).sum(axis=0)

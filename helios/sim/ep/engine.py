@@ -58,7 +58,12 @@ from helios.workload import Workload
 
 @dataclass
 class StepRecord:
-    """One step: when it ran, its tokens and its slowest and mean rank."""
+    """One step: when it ran, its tokens and its slowest and mean rank.
+
+    ``gemm_*_s``: the busiest and the mean rank's grouped-GEMM seconds; ``compute_*_s``:
+    the same of all of a rank's compute (dense layers, attention and shared experts, grouped
+    GEMMs, LM head; not ``serving.phase_overhead_us``).
+    """
 
     start_s: float
     end_s: float
@@ -68,6 +73,8 @@ class StepRecord:
     output_tokens: int
     gemm_max_s: float
     gemm_mean_s: float
+    compute_max_s: float
+    compute_mean_s: float
 
 
 def kv_budget_tokens(cfg: CellConfig) -> int:
@@ -327,6 +334,7 @@ class EpSimulation:
         context_all = np.array([b.context for b in batches])
         dense = self.costs.dense_layers(tokens_all, context_all)
         head = self.costs.head(np.array([b.sampling for b in batches], dtype=float))
+        compute = dense + head + gemm_total + self.layers * sum(a[0] for a in attn)
         plan = self.builder.build(now, dense, attn, gemm, traffic, head)
         self.network_bytes += plan.network_bytes
         arrays = plan.graph.arrays()
@@ -342,7 +350,8 @@ class EpSimulation:
             now, end, int(tokens_all.sum()),
             sum(n for b in batches for _, n in b.prefill), sum(len(b.decode) for b in batches),
             sum(b.sampling for b in batches),
-            float(gemm_total.max()), float(gemm_total.mean())))
+            float(gemm_total.max()), float(gemm_total.mean()),
+            float(compute.max()), float(compute.mean())))
         return end - now
 
     def _count_chunk_hops(self, arrays: tuple[np.ndarray, ...]) -> None:
