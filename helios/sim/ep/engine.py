@@ -334,7 +334,7 @@ class EpSimulation:
         context_all = np.array([b.context for b in batches])
         dense = self.costs.dense_layers(tokens_all, context_all)
         head = self.costs.head(np.array([b.sampling for b in batches], dtype=float))
-        compute = dense + head + gemm_total + self.layers * sum(a[0] for a in attn)
+        compute = dense + head + gemm_total + sum(sum(layers) for layers in attn)
         plan = self.builder.build(now, dense, attn, gemm, traffic, head)
         self.network_bytes += plan.network_bytes
         arrays = plan.graph.arrays()
