@@ -69,6 +69,30 @@ def wait_reachable(address: str, timeout_s: float) -> None:
             time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
 
 
+def stop_autoscaler_monitor() -> bool:
+    """SIGKILL the embedded Ray's autoscaler monitor; True if it was running.
+
+    Call it just before ``ray.shutdown()`` of a Ray this process started. Ray 2.60's
+    shutdown stops the GCS before the monitor, whose SIGTERM handler then publishes an
+    error through the GCS that is gone, and hangs there; the shutdown waits out its
+    one-second grace and SIGKILLs it anyway. Killing it first saves that second (1.3 s
+    against 0.07 s for the whole shutdown here). The monitor is the autoscaler, which
+    has nothing to do on a fixed local cluster. It is reached through Ray's private node
+    object; if a later Ray moves it, this does nothing and the shutdown is only slower.
+    """
+    try:
+        from ray._private import ray_constants
+        from ray._private.worker import _global_node as node
+
+        if ray_constants.PROCESS_TYPE_MONITOR not in node.all_processes:
+            return False
+        node._kill_process_type(ray_constants.PROCESS_TYPE_MONITOR, check_alive=False,
+                                allow_graceful=False, wait=True)
+    except (AttributeError, ImportError, KeyError, TypeError):
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None,
                 connect_timeout_s: float = 30.0) -> Iterator[str]:
@@ -113,6 +137,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None,
     try:
         yield mode
     finally:
+        if mode == "embedded":
+            stop_autoscaler_monitor()
         ray.shutdown()
         if mode == "embedded":
             ray_constants.ENABLE_RAY_CLUSTER = cluster_before

@@ -56,7 +56,10 @@ def _ray_teardown():
     yield
     import ray
 
+    from helios.worker import stop_autoscaler_monitor
+
     if ray.is_initialized():
+        stop_autoscaler_monitor()  # saves the second Ray's shutdown would wait for it
         ray.shutdown()
 
 
@@ -76,7 +79,10 @@ def ray_cluster(_ray_teardown):
     import ray
     from ray.cluster_utils import Cluster
 
+    from helios.worker import stop_autoscaler_monitor
+
     if ray.is_initialized():
+        stop_autoscaler_monitor()
         ray.shutdown()
     cluster = Cluster(initialize_head=True,
                       head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",

@@ -326,6 +326,22 @@ class _threads_async(threading.Thread):
         self.result = self.fn()
 
 
+def test_the_autoscaler_monitor_goes_first_and_ray_keeps_working(ray_local):
+    # The embedded Ray's shutdown stops its autoscaler monitor first, by SIGKILL: Ray's own
+    # order (the GCS first) leaves the monitor hanging for its full one-second grace.
+    from ray._private import ray_constants
+    from ray._private.worker import _global_node
+
+    from helios.worker import stop_autoscaler_monitor
+
+    pid = _global_node.all_processes[ray_constants.PROCESS_TYPE_MONITOR][0].process.pid
+    assert stop_autoscaler_monitor()
+    with pytest.raises(ProcessLookupError):  # killed and reaped
+        os.kill(pid, 0)
+    assert ray_local.get(ray_local.remote(lambda: 7).remote()) == 7  # nothing else noticed
+    assert not stop_autoscaler_monitor()  # once
+
+
 # ----------------------------------------------------------------------------- cluster
 # Last in the file: it replaces the session's local Ray by a two-node cluster.
 @pytest.mark.parametrize("extra", [
