@@ -32,31 +32,11 @@ References
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
-from helios.config import SCENARIOS, ScenarioConfig, spec
-from helios.workload import SCENARIO_CLASSES, Profile, Scenario
-
-
-@dataclass(frozen=True)
-class DomainShiftConfig(ScenarioConfig):
-    """A mixture of ``domains`` popularity profiles whose dominant one changes over time."""
-
-    name: str = spec("domain_shift", "scenario name")
-    domains: int = spec(3, "popularity profiles (request types, e.g. code / math / chat)", ge=2, le=64)
-    dominant_weight: float = spec(0.7, "share of the traffic of the dominant profile", gt=0, le=1)
-    period_s: float = spec(0.5, "time each profile dominates, s", gt=0)
-    transition_s: float = spec(0.1, "blend time from one dominant profile to the next, s", ge=0)
-
-
-@dataclass(frozen=True)
-class PeriodicConfig(ScenarioConfig):
-    """Two popularity profiles whose weights oscillate with period ``period_s``."""
-
-    name: str = spec("periodic", "scenario name")
-    period_s: float = spec(1.0, "period of the oscillation, s", gt=0)
+from helios.config import DomainShiftConfig, PeriodicConfig, ScenarioConfig
+from helios.stationary import Profile, Scenario
 
 
 class Mixture(Scenario):
@@ -131,8 +111,3 @@ class Periodic(Mixture):
         w1 = 0.5 * (1.0 + math.cos(2.0 * math.pi * t / self.cfg.period_s))
         return np.array([w1, 1.0 - w1])
 
-
-for _name, _config_cls, _scenario_cls in (("domain_shift", DomainShiftConfig, DomainShift),
-                                          ("periodic", PeriodicConfig, Periodic)):
-    SCENARIOS[_name] = _config_cls
-    SCENARIO_CLASSES[_name] = _scenario_cls

@@ -65,7 +65,7 @@ def config_schema() -> dict[str, pa.DataType]:
     from helios import config as c
 
     def walk(cls: type, prefix: str, out: dict[str, pa.DataType]) -> None:
-        hints = typing.get_type_hints(cls, vars(c))
+        hints = typing.get_type_hints(cls)
         for fld in dataclasses.fields(cls):
             if prefix == "" and fld.name in c.HIDDEN_AT_DEFAULT:
                 continue

@@ -310,7 +310,7 @@ def split_seed(overrides: Sequence[str]) -> tuple[str | None, tuple[str, ...]]:
 def with_seed(cell: CellConfig, override: str) -> CellConfig:
     """``cell`` with the seed of ``seed=<n>``, range-checked as ``cell_config`` would: no
     other check depends on the seed, so a sweep validates each seed-free cell once."""
-    from helios.config import _check_range
+    from helios.config.build import _check_range
 
     value = int(override.partition("=")[2])
     meta = {f.name: f.metadata for f in dataclasses.fields(CellConfig)}["seed"]

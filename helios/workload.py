@@ -28,16 +28,16 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from helios.config import ModelConfig, ScenarioConfig
-from helios.popularity import profile_function, zipf_popularity
+from helios.popularity import profile_function
+from helios.scenarios import SCENARIO_CLASSES
+from helios.stationary import Profile
 
-#: A layer's popularity as a function of its rank permutation (shape (E,) -> (E,)).
-Profile = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -108,46 +108,6 @@ def sample_top_k(probs: np.ndarray, tokens: int, k: int, rng: np.random.Generato
     return out
 
 
-class Scenario:
-    """Stationary workload; subclasses override :meth:`rate` or :meth:`popularity`.
-
-    Parameters
-    ----------
-    cfg : ScenarioConfig
-        The scenario's config.
-    num_experts, layers : int
-        Experts per layer and simulated layers.
-    rng : numpy.random.Generator
-        Stream for the popularity permutations.
-    profile : callable, optional
-        A layer's popularity from its rank permutation (:func:`popularity_profile`);
-        default Zipf(``cfg.zipf_s``).
-    """
-
-    def __init__(self, cfg: ScenarioConfig, num_experts: int, layers: int,
-                 rng: np.random.Generator, profile: Profile | None = None) -> None:
-        self.cfg = cfg
-        self.num_experts = num_experts
-        self.layers = layers
-        self.profile = profile or (lambda p: zipf_popularity(num_experts, cfg.zipf_s, p))
-        self.permutations = [rng.permutation(num_experts) for _ in range(layers)]
-        self._base = np.array([self.profile(p) for p in self.permutations])
-
-    def rate(self, t: float) -> float:
-        """Arrival rate (requests/s) at time ``t``."""
-        return self.cfg.rate
-
-    @property
-    def max_rate(self) -> float:
-        """An upper bound of :meth:`rate` over the run, for thinning."""
-        return self.cfg.rate
-
-    def popularity(self, t: float) -> np.ndarray:
-        """Expert popularity at time ``t``: shape (layers, num_experts), rows sum to 1."""
-        return self._base
-
-
-SCENARIO_CLASSES: dict[str, type[Scenario]] = {"stationary": Scenario}
 
 
 def popularity_profile(cfg: ScenarioConfig, num_experts: int, top_k: int,
@@ -286,7 +246,3 @@ def _profile(entropy: tuple[int, ...], pop: np.ndarray, k: int, tokens: int) -> 
         _PROFILES.popitem(last=False)
     return load
 
-
-# Registers the drift scenarios (and their configs) under their names; kept last so
-# that helios.scenarios finds Scenario and SCENARIO_CLASSES defined.
-import helios.scenarios  # noqa: E402,F401

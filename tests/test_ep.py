@@ -205,7 +205,8 @@ def test_ep_serving_config_defaults_are_the_yaml_defaults():
 
 def test_the_compiled_gate_draws_the_same_distribution_as_the_reference_sampler():
     from helios.sim.ep.gate import fast_top_k
-    from helios.workload import sample_top_k, zipf_popularity
+    from helios.popularity import zipf_popularity
+    from helios.workload import sample_top_k
 
     probs = zipf_popularity(32, 1.2, np.random.default_rng(0).permutation(32))
     fast = fast_top_k(probs, 40_000, 4, np.random.default_rng(1))

@@ -105,7 +105,7 @@ def test_incremental_reaches_eplbs_balance_with_fewer_copies():
 def test_repair_keeps_eplbs_counts_slots_and_balance_with_fewer_copies_than_relabelling(seed):
     from helios.placement.eplb import rebalance_experts
     from helios.placement.incremental import gpu_loads, repair_min_moves
-    from helios.workload import zipf_popularity
+    from helios.popularity import zipf_popularity
 
     rng = np.random.default_rng(seed)
     E, G, R = 64, 8, 8

@@ -13,9 +13,10 @@ import pytest
 from _configs import config
 from helios.config import SCENARIOS, cell_config
 from helios.errors import ConfigError
-from helios.scenarios import REPO_ROOT, load_trace
+from helios.traces import REPO_ROOT, load_trace
 from helios.sweep import compose
-from helios.workload import SCENARIO_CLASSES, Workload, zipf_popularity
+from helios.popularity import zipf_popularity
+from helios.workload import SCENARIO_CLASSES, Workload
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from make_example_trace import make_trace  # noqa: E402

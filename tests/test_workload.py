@@ -8,7 +8,8 @@ from scipy import stats
 
 from _configs import config
 from helios.moe import expert_bytes, expert_slots_per_gpu, model_spec
-from helios.workload import Workload, gumbel_top_k, sample_top_k, zipf_popularity
+from helios.popularity import zipf_popularity
+from helios.workload import Workload, gumbel_top_k, sample_top_k
 
 
 def workload(seed=0, **scenario):
