@@ -365,7 +365,7 @@ def test_two_node_cluster_survives_sigkill_of_a_worker(ray_cluster, tmp_path, ex
 def test_progress_on_a_non_terminal_is_a_line_per_tenth_not_a_redraw():
     import io
 
-    from helios.runner import LineProgress
+    from helios.pool import LineProgress
 
     out = io.StringIO()
     bar = LineProgress(16, interval_s=1e9, file=out)
