@@ -30,7 +30,7 @@ from helios.cell import obtain_placement, prepare
 from helios.config import cell_config
 from helios.errors import ConfigError
 from helios.sim.ep.engine import EpSimulation
-from helios.sweep import compose
+from helios.compose import compose
 from helios.workload import sample_top_k
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 
 from helios.config import CellConfig, cell_config
-from helios.sweep import compose
+from helios.compose import compose
 
 #: The request model's defaults before serving=ep became the default (4-GPU servers behind
 #: one bonded NIC, 2 simulated layers, half of HBM for experts, Zipf(1) popularity).

@@ -46,7 +46,8 @@ except ImportError:  # an optional test dependency
 from helios.cell import cell_id
 from helios.results import load, part_files
 from helios.storage import claim, claim_path, remove_stale_temporaries
-from helios.sweep import main, preflight
+from helios.compose import preflight
+from helios.sweep import main
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Four fast cells (round_robin and greedy place instantly; ~1 s of simulation each).
@@ -499,7 +500,7 @@ def test_a_truncated_cells_part_is_reported_and_its_cell_runs_again(tmp_path):
     assert "already done" not in forced.stderr and "written to" in forced.stderr
     part.write_bytes(b"not parquet")  # a sweep's plan sees it too: the cell is to run again
     from helios.runner import plan
-    from helios.sweep import preflight
+    from helios.compose import preflight
 
     todo, done, _ = plan(preflight(["--multirun", *args, "seed=0"]))
     assert [c.cell_id for c in todo] == [part.stem.removeprefix("part-")] and not done

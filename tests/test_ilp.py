@@ -353,7 +353,7 @@ def test_every_ilp_benchmark_config_is_a_runnable_decoding_load(name):
     from helios.bench.ilp import decode_overrides
     from helios.config import cell_config
     from helios.sim.ep.steady import representative_step
-    from helios.sweep import compose
+    from helios.compose import compose
 
     for gpus in (16, 32, 64, 128):
         cfg = cell_config(compose(list(decode_overrides(name, gpus))))
@@ -421,7 +421,7 @@ def test_swap_search_proves_the_layers_the_start_leaves_open():
     from helios.bench.ilp import decode_overrides
     from helios.cell import prepare
     from helios.config import cell_config
-    from helios.sweep import compose
+    from helios.compose import compose
 
     cfg = cell_config(compose([*decode_overrides("fat_tree", 128), "sim.layers=2"]))
     for model in ilp.layer_models(prepare(cfg)[3], "latency"):

@@ -276,7 +276,7 @@ def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real results folder: model=tiny, 2 strategies x 3 seeds, short runs, requests recorded."""
     from helios.cell import run_cell
     from helios.config import cell_config
-    from helios.sweep import compose
+    from helios.compose import compose
 
     out = tmp_path_factory.mktemp("tiny")
     common = ["model=tiny", "sim.duration_s=0.12", "sim.warmup_s=0.05", "scenario.rate=300",

@@ -14,7 +14,7 @@ from _configs import config
 from helios.config import SCENARIOS, cell_config
 from helios.errors import ConfigError
 from helios.traces import REPO_ROOT, load_trace
-from helios.sweep import compose
+from helios.compose import compose
 from helios.popularity import zipf_popularity
 from helios.workload import SCENARIO_CLASSES, Workload
 

@@ -26,7 +26,7 @@ from helios.config import CellConfig
 from helios.errors import ConfigError
 from helios.placement.base import Placement
 from helios.results import load, part_files
-from helios.sweep import preflight
+from helios.compose import preflight
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ["--multirun", "+sweep=smoke"]
@@ -427,7 +427,7 @@ def test_fast_job_composition_equals_hydras_own():
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from helios.sweep import (CONF_DIR, CONFIG_NAME, JobComposer, cell_mapping, register_sweeps,
+    from helios.compose import (CONF_DIR, CONFIG_NAME, JobComposer, cell_mapping, register_sweeps,
                               rewrite_sweep_overrides)
 
     jobs = [["seed=3"], ["scenario.rate=5", "strategy=greedy"],

@@ -66,7 +66,7 @@ LARGE_CELL = ("topology=fat_tree", "topology.k=4", "model=deepseek_v3", "serving
 def _run(label: str, overrides: list[str], repeat: int) -> list[tuple[str, str]]:
     from helios.cell import run_cell
     from helios.config import cell_config
-    from helios.sweep import compose
+    from helios.compose import compose
 
     cfg = cell_config(compose(overrides))
     best = None
@@ -108,7 +108,7 @@ def main(argv: list[str]) -> int:
 
     from helios.config import cell_config
     from helios.errors import ConfigError
-    from helios.sweep import compose
+    from helios.compose import compose
 
     try:
         cell_config(compose(args.overrides))

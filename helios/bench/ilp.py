@@ -23,7 +23,7 @@ from helios.bench import BenchParser
 from helios.cell import prepare
 from helios.config import cell_config
 from helios.placement import place
-from helios.sweep import compose
+from helios.compose import compose
 
 #: A decoding load: every rank starts with 256 running requests (warm start). Zipf(1)
 #: popularity, more skewed than the measured default: the harder case for the solver.

@@ -28,7 +28,7 @@ from helios.placement.base import Placement
 from helios.placement.ilp import layer_models
 from helios.sim.ep.engine import EpSimulation
 from helios.sim.ep.metrics import ep_cell_metrics
-from helios.sweep import compose
+from helios.compose import compose
 
 BASE = ("topology=fat_tree", "model=deepseek_v3", "sim.layers=8", "scenario.popularity=zipf", "scenario.zipf_s=1.0",
         "scenario.rate=400", "serving.prompt_tokens=2048", "serving.output_tokens=2",

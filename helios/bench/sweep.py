@@ -46,7 +46,7 @@ NEAR_EMPTY = [*CPU_BOUND, "sim.duration_s=0.004", "sim.warmup_s=0.0", "sim.windo
 
 
 def _cells(overrides: list[str], seeds: int, out: Path, sweep: str) -> list:
-    from helios.sweep import preflight
+    from helios.compose import preflight
 
     return preflight(["--multirun", *overrides, f"seed=range({seeds})", f"sweep={sweep}",
                       f"output_dir={out}"])

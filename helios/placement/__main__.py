@@ -49,7 +49,7 @@ def load_source(source: str, cache_dir: str) -> Placement:
 def model_layers(name: str) -> tuple[int, int, int]:
     """(experts, MoE layers, dense layers) of the model config ``name``."""
     from helios.config import ModelConfig, from_mapping
-    from helios.sweep import CONF_DIR
+    from helios.compose import CONF_DIR
 
     import yaml
 

@@ -10,7 +10,7 @@
   syntax: ``a=1,2``, ``range()``, ``glob()``, ``hydra.sweeper.params`` in config
   files), except that it validates a batch through the launcher's fast composer,
   so each job is composed once instead of twice (see
-  :class:`helios.sweep.JobComposer`).
+  :class:`helios.compose.JobComposer`).
 
 Hydra imports every module of ``hydra_plugins`` at start-up, single runs included,
 so this module imports nothing heavy (Ray, the simulator) until a launch.
@@ -117,7 +117,7 @@ class HeliosRayLauncher(Launcher):
         A job that does not validate prints the one-line config error and exits 2,
         before any cell runs.
         """
-        from helios.sweep import JobComposer
+        from helios.compose import JobComposer
 
         assert self.hydra_context is not None and self.config is not None
         if self._composer is None:
@@ -139,7 +139,7 @@ class HeliosRayLauncher(Launcher):
         seed) and is not composed again."""
         from helios.config import cell_config
         from helios.errors import ConfigError
-        from helios.sweep import cell_mapping, split_seed, with_seed
+        from helios.compose import cell_mapping, split_seed, with_seed
 
         seed, rest = split_seed(overrides)
         try:
