@@ -457,14 +457,25 @@ def recovery_windows(p99: np.ndarray, shift: int, level: float, span: int = 3) -
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "the request model's helios_dynamic no longer beats the load-aware helios_static after "
+    "a sudden shift (README, the paper sweep): since the MILP places replicas with token "
+    "shares and routers read delayed telemetry, the engine's weight copies load "
+    "the congested 25G NICs more than its replicas relieve them; seeds 0-4 at rate 3000: "
+    "post-shift mean P99 4.03/4.31, 4.61/4.65, 4.07/4.55, 4.28/4.79, 4.10/4.22 ms "
+    "(static/dynamic)"))
 def test_sudden_shift_helios_dynamic_recovers_faster_than_helios_static():
     """After the shift, helios_dynamic's windowed P99 returns to the pre-shift level sooner
     and settles below helios_static's.
 
+    Expected to fail (strict): the claim held for the replica-free ILP placement with
+    oracle routing it was written for (figures below), not for today's; it is kept so
+    that an engine that earns it again turns this test red until the mark goes.
+
     Reference level: helios_static's median windowed P99 before the shift (the system
     the shift perturbs). Recovery: windows after the shift until the 3-window rolling
-    mean stays within 1.2x of it. Measured (seed: static / dynamic recovery in windows
-    of 20 ms, 15 = never; post-shift mean P99 in ms, windows 9-14): 0: 6 / 2, 4.78 / 4.21;
+    mean stays within 1.2x of it. Measured when it held (seed: static / dynamic recovery
+    in windows of 20 ms, 15 = never; post-shift mean P99 in ms, windows 9-14): 0: 6 / 2, 4.78 / 4.21;
     1: 15 / 6, 5.67 / 4.58; 2: 0 / 0, 4.33 / 4.13; 3: 15 / 3, 4.43 / 3.98; 4: 15 / 3,
     4.60 / 3.90. This test runs seed 0.
     """
