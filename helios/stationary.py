@@ -32,7 +32,7 @@ class Scenario:
     rng : numpy.random.Generator
         Stream for the popularity permutations.
     profile : callable, optional
-        A layer's popularity from its rank permutation (:func:`popularity_profile`);
+        A layer's popularity from its rank permutation (:func:`helios.workload.popularity_profile`);
         default Zipf(``cfg.zipf_s``).
     """
 

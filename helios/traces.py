@@ -50,12 +50,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 TRACE_COLUMNS = ("window", "layer", "expert", "load")
 #: Largest ids and dense size a trace may have (checked before the dense array exists).
-MAX_TRACE_IDS = {"window": 1 << 24, "layer": 1024, "expert": 1 << 16}
-MAX_TRACE_CELLS = 1 << 28
-
 KEY = "scenario.trace_path"
 #: Largest expert id accepted before a dense array is built (no model has more experts).
 MAX_EXPERTS = 1 << 16
+MAX_TRACE_IDS = {"window": 1 << 24, "layer": 1024, "expert": MAX_EXPERTS}
+MAX_TRACE_CELLS = 1 << 28
 
 
 def _counts(array: np.ndarray, path: str, what: str) -> np.ndarray:
@@ -166,7 +165,7 @@ def load_trace(path: str, tokens_per_window: int = 4096) -> np.ndarray:
     """Read a trace file into a dense array of shape (windows, layers, experts).
 
     ``.npz`` (SGLang's recorder) and ``.npy`` (vLLM's routed experts, windows of
-    ``tokens_per_window`` tokens) are read by :mod:`helios.traces`. Otherwise the file
+    ``tokens_per_window`` tokens) are read by :func:`read_sglang` and :func:`read_vllm`. Otherwise the file
     is CSV (``.csv``) or Parquet (``.parquet``, ``.pq``) with integer columns
     ``window``, ``layer``, ``expert`` (all >= 0) and a finite, non-negative ``load``;
     other columns are ignored. Windows must be numbered ``0..W-1`` without gaps;
@@ -183,10 +182,9 @@ def load_trace(path: str, tokens_per_window: int = 4096) -> np.ndarray:
     try:
         stat = resolved.stat()
     except OSError as exc:
-        raise ConfigError("scenario.trace_path", path,
-                          f"an existing trace file ({exc.strerror or exc})") from None
+        raise ConfigError(KEY, path, f"an existing trace file ({exc.strerror or exc})") from None
     if not resolved.is_file():
-        raise ConfigError("scenario.trace_path", path, "a regular file")
+        raise ConfigError(KEY, path, "a regular file")
     return _load_trace_cached(str(resolved), path, stat.st_size, stat.st_mtime_ns,
                               tokens_per_window)
 
@@ -196,19 +194,18 @@ def _load_trace_cached(resolved: str, path: str, size: int, mtime_ns: int,
                        tokens_per_window: int) -> np.ndarray:
     import pandas as pd
 
-    key = "scenario.trace_path"
     suffix = Path(resolved).suffix.lower()
     fmt = trace_format(resolved)
     if fmt in ("sglang", "vllm"):
         loads = (read_sglang(path, resolved) if fmt == "sglang"
                  else read_vllm(path, resolved, tokens_per_window))
         if loads.size == 0 or loads.shape[1] == 0:
-            raise ConfigError(key, path, "a trace with at least one window and layer of counts")
+            raise ConfigError(KEY, path, "a trace with at least one window and layer of counts")
         loads = loads.astype(float)
         loads.setflags(write=False)
         return loads
     if suffix == ".pt":
-        raise ConfigError(key, path, "a NumPy copy of SGLang's torch.save dump (.npz, see "
+        raise ConfigError(KEY, path, "a NumPy copy of SGLang's torch.save dump (.npz, see "
                           "helios.traces: Helios does not unpickle files)")
     try:
         if suffix == ".csv":
@@ -216,43 +213,43 @@ def _load_trace_cached(resolved: str, path: str, size: int, mtime_ns: int,
         elif suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(resolved)
         else:
-            raise ConfigError(key, path, "a file ending in .csv, .parquet, .pq, .npz (SGLang) "
+            raise ConfigError(KEY, path, "a file ending in .csv, .parquet, .pq, .npz (SGLang) "
                               "or .npy (vLLM)")
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - any reader failure means an unreadable file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(key, path, f"a readable CSV or Parquet trace ({first})") from None
+        raise ConfigError(KEY, path, f"a readable CSV or Parquet trace ({first})") from None
     missing = [c for c in TRACE_COLUMNS if c not in frame.columns]
     if missing:
-        raise ConfigError(key, path, "a trace with columns " + ", ".join(TRACE_COLUMNS)
+        raise ConfigError(KEY, path, "a trace with columns " + ", ".join(TRACE_COLUMNS)
                           + "; missing " + ", ".join(missing))
     if frame.empty:
-        raise ConfigError(key, path, "a trace with at least one row")
+        raise ConfigError(KEY, path, "a trace with at least one row")
     ids = {}
     for col in TRACE_COLUMNS[:3]:
         values = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=float)
         if not (np.isfinite(values).all() and (values == np.floor(values)).all() and (values >= 0).all()):
-            raise ConfigError(key, path, f"a trace whose '{col}' column holds integers >= 0")
+            raise ConfigError(KEY, path, f"a trace whose '{col}' column holds integers >= 0")
         ids[col] = values.astype(np.int64)
     load = pd.to_numeric(frame["load"], errors="coerce").to_numpy(dtype=float)
     if not (np.isfinite(load).all() and (load >= 0).all()):
-        raise ConfigError(key, path, "a trace whose 'load' column holds finite numbers >= 0")
+        raise ConfigError(KEY, path, "a trace whose 'load' column holds finite numbers >= 0")
     shape = tuple(int(ids[c].max()) + 1 for c in TRACE_COLUMNS[:3])
     for col, size in zip(TRACE_COLUMNS[:3], shape):  # before a dense array is built
         if size > MAX_TRACE_IDS[col]:
-            raise ConfigError(key, path, f"a trace whose '{col}' ids are below {MAX_TRACE_IDS[col]}; "
+            raise ConfigError(KEY, path, f"a trace whose '{col}' ids are below {MAX_TRACE_IDS[col]}; "
                               f"it has {size - 1}")
     if math.prod(shape) > MAX_TRACE_CELLS:
-        raise ConfigError(key, path, f"a trace of at most {MAX_TRACE_CELLS:.3g} (window, layer, "
+        raise ConfigError(KEY, path, f"a trace of at most {MAX_TRACE_CELLS:.3g} (window, layer, "
                           f"expert) cells; it spans {math.prod(shape):.3g}")
     present = np.unique(ids["window"])
     if len(present) != shape[0]:
         gap = int(np.setdiff1d(np.arange(shape[0]), present)[0])
-        raise ConfigError(key, path, f"a trace with windows numbered 0..{shape[0] - 1}; window {gap} is missing")
+        raise ConfigError(KEY, path, f"a trace with windows numbered 0..{shape[0] - 1}; window {gap} is missing")
     flat = np.ravel_multi_index((ids["window"], ids["layer"], ids["expert"]), shape)
     if len(np.unique(flat)) != len(flat):
-        raise ConfigError(key, path, "a trace with one row per (window, layer, expert); some repeat")
+        raise ConfigError(KEY, path, "a trace with one row per (window, layer, expert); some repeat")
     dense = np.zeros(int(np.prod(shape)))
     dense[flat] = load
     dense = dense.reshape(shape)

@@ -39,7 +39,6 @@ from helios.scenarios import SCENARIO_CLASSES
 from helios.stationary import Profile
 
 
-
 @dataclass
 class Request:
     """One batch of tokens and its gate decisions for every simulated layer."""
@@ -106,8 +105,6 @@ def sample_top_k(probs: np.ndarray, tokens: int, k: int, rng: np.random.Generato
         with np.errstate(divide="ignore"):
             out[short] = gumbel_top_k(np.log(probs), int(short.sum()), k, rng)
     return out
-
-
 
 
 def popularity_profile(cfg: ScenarioConfig, num_experts: int, top_k: int,

@@ -13,7 +13,7 @@ import numpy as np
 
 from helios.config.schema import SCENARIOS, ScenarioConfig, simulated_layers, spec
 from helios.errors import ConfigError
-from helios.traces import load_trace, trace_format, vllm_top_k
+from helios.traces import KEY, load_trace, trace_format, vllm_top_k
 
 
 @dataclass(frozen=True)
@@ -66,34 +66,33 @@ class TraceConfig(ScenarioConfig):
         """
         loads = load_trace(self.trace_path, self.trace_tokens_per_window)
         windows, layers, experts = loads.shape
-        key = "scenario.trace_path"
         fmt = trace_format(self.trace_path)
         if fmt in ("sglang", "vllm") and layers != cell.model.num_moe_layers:
-            raise ConfigError(key, self.trace_path,
+            raise ConfigError(KEY, self.trace_path,
                               f"a {fmt} trace of model.num_moe_layers ({cell.model.num_moe_layers}) "
                               f"MoE layers; it has {layers}")
         if fmt == "vllm":
             top_k = vllm_top_k(self.trace_path)
             if top_k != cell.model.top_k:
-                raise ConfigError(key, self.trace_path, f"vLLM routed experts with model.top_k "
+                raise ConfigError(KEY, self.trace_path, f"vLLM routed experts with model.top_k "
                                   f"({cell.model.top_k}) experts per token; it has {top_k}")
         if fmt == "sglang" and experts != cell.model.num_experts:
-            raise ConfigError(key, self.trace_path,
+            raise ConfigError(KEY, self.trace_path,
                               f"an SGLang dump of model.num_experts ({cell.model.num_experts}) "
                               f"logical experts; it has {experts}")
         if experts > cell.model.num_experts:
-            raise ConfigError(key, self.trace_path,
+            raise ConfigError(KEY, self.trace_path,
                               f"a trace with expert ids < model.num_experts ({cell.model.num_experts}); "
                               f"it has expert id {experts - 1}")
         wanted = simulated_layers(cell)
         if layers < wanted:
-            raise ConfigError(key, self.trace_path,
+            raise ConfigError(KEY, self.trace_path,
                               f"a trace with at least sim.layers ({wanted}) layers; it has {layers}")
         positive = (loads[:, :wanted] > 0).sum(axis=2)
         bad = np.argwhere(positive < cell.model.top_k)
         if len(bad):
             w, layer = bad[0]
-            raise ConfigError(key, self.trace_path,
+            raise ConfigError(KEY, self.trace_path,
                               f"a trace where every window and layer has at least model.top_k "
                               f"({cell.model.top_k}) experts with positive load; window {w} layer "
                               f"{layer} has {positive[w, layer]}")
