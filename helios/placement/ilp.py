@@ -17,13 +17,19 @@ from a warm start built for the same objective:
 4. **Swaps** (``serving=ep``), while the start is not yet proven within ``mip_gap`` by
    the model's own bound: :func:`~helios.placement.ep_search.swap_search` moves load
    off the busiest GPUs by swapping copies, each move costed exactly.
+5. **Neighbourhoods** (``serving=request``, whose whole MILP's root LP alone outlasts a
+   sweep's time limit at real size):
+   :func:`~helios.placement.request_search.neighbourhood_search` has HiGHS re-seat the
+   single-copy experts of a few GPUs at a time, on the layer's model restricted to them,
+   for the first ``1 - SEARCH_SHARE`` of the time left; the whole MILP then starts
+   from what it reached, for its bound.
 
 Where the start is then within ``mip_gap`` of the bound it ships as proven
 (``proven_by="bound"``); otherwise the MILP starts from it. A layer's result is
 ``optimal`` (proven within ``mip_gap``, by the bound or by HiGHS), ``feasible`` (time
-limit, the solver's incumbent beats the start) or ``start`` (time limit, the start is
-what ships); the cell's ``ilp_status`` is the worst layer's, and ``ilp_gap`` the
-largest proven gap.
+limit; HiGHS's incumbent, of the whole model or of a neighbourhood's, beats the start)
+or ``start`` (time limit, the start is what ships); the cell's ``ilp_status`` is the
+worst layer's, and ``ilp_gap`` the largest proven gap.
 
 Layers: under ``serving=ep`` a step runs the layers one after another, so they share
 nothing and are solved independently. Under ``serving=request`` all layers share the
@@ -62,6 +68,7 @@ from helios.placement.ep_search import swap_search
 from helios.placement.loadaware import (expert_busy_seconds, hop_costs, link_coefficients,
                                         replica_counts, undominated_rows)
 from helios.placement.request_layer import RequestLayer
+from helios.placement.request_search import neighbourhood_search
 
 __all__ = ["LayerSolution", "layer_models", "warm_start", "greedy_solution", "solve_layer", "solve_placement",
            "helios_static", "helios_hops"]
@@ -88,7 +95,8 @@ class LayerSolution:
     """Seconds until the start was ready (model, bound, starts and their shares; the
     swap search, which stops at the deadline, comes after)."""
     search_moves: int = 0
-    """Swaps :func:`~helios.placement.ep_search.swap_search` took on the start."""
+    """Moves the start's search took: swaps (``serving=ep``) or improving neighbourhoods
+    (``serving=request``)."""
 
     @property
     def gap(self) -> float:
@@ -244,6 +252,9 @@ def solve_layer(model: EpLayer | RequestLayer, time_limit_s: float, mip_gap: flo
         sol.status, sol.proven_by = "optimal", "bound"
         sol.solve_s = time.perf_counter() - t0 - build_s
         return sol
+    if isinstance(model, RequestLayer):
+        search_end = deadline - SEARCH_SHARE * (deadline - time.perf_counter())
+        x0, y0 = _improve_request_start(model, m, v, sol, search_end, deadline)
     cost = m.cost
     used = np.flatnonzero(cost)
     if math.isfinite(floor):  # the bound as a cut: HiGHS prunes with it
@@ -255,13 +266,34 @@ def solve_layer(model: EpLayer | RequestLayer, time_limit_s: float, mip_gap: flo
         rx = np.round(result.values[v.x.ravel()].reshape(x0.shape))
         ry = _normalised(result.values[v.y.ravel()].reshape(y0.shape), rx)
         r_obj = model.evaluate(rx, ry)
-        if r_obj < start_obj * (1 - 1e-9):
+        if r_obj < sol.objective * (1 - 1e-9):
             sol.x, sol.y, sol.objective, sol.status = rx, ry, r_obj, "feasible"
     if math.isfinite(result.bound):
         sol.bound = min(max(floor, result.bound), sol.objective)
     if result.stop == "optimal" or sol.gap <= mip_gap:
         sol.status, sol.proven_by = "optimal", "solver"
     return sol
+
+
+#: Request model: the part of a layer's time left after its start that the whole MILP keeps
+#: (for its bound; its root LP alone outlasts a sweep's limit at real size).
+SEARCH_SHARE = 0.25
+
+
+def _improve_request_start(model: RequestLayer, m: Any, v: Any, sol: LayerSolution,
+                           search_end: float, deadline: float) -> tuple[np.ndarray, np.ndarray]:
+    """The request model's neighbourhood search from the start until ``search_end``, then
+    the layer's share LP for the copies it reached (by ``deadline``); ``sol`` takes what
+    beats its start (status ``feasible``)."""
+    x, y, objective, moves = neighbourhood_search(model, sol.x, sol.y, sol.objective, search_end)
+    if moves:
+        shares = _start_shares(model, m, v, x > 0.5, y, deadline)
+        cost = model.evaluate(x, shares)
+        if cost < objective:
+            y, objective = shares, cost
+        sol.x, sol.y, sol.objective, sol.search_moves = x, y, objective, moves
+        sol.status = "feasible"
+    return sol.x, sol.y
 
 
 def _start_shares(model: EpLayer | RequestLayer, m: Any, v: Any, x0: np.ndarray, y0: np.ndarray,

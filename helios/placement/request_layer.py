@@ -23,7 +23,8 @@ class RequestLayer(_Layer):
     would cause on one GPU, ``rate`` requests per second of ``tokens`` tokens, ``coef``
     the combined dispatch + combine :func:`link_coefficients` (seconds per token sent),
     ``tau`` a token's unloaded transfer seconds per GPU, ``gpu_bg`` / ``link_bg`` the
-    other layers' utilisations.
+    other layers' utilisations, ``weight_bg`` a part of each GPU's ``W`` held fixed (the
+    copies outside a neighbourhood, :mod:`helios.placement.request_search`).
 
     The request model sends a token once to every GPU holding one of its experts, so a
     GPU receives ``rate tokens f(W[g])`` tokens per second, ``W[g] = sum_e a[e] y[e, g]``,
@@ -43,11 +44,16 @@ class RequestLayer(_Layer):
     hops: np.ndarray = field(default_factory=lambda: np.zeros(0))
     gpu_bg: np.ndarray = field(default_factory=lambda: np.zeros(0))
     link_bg: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    weight_bg: np.ndarray | None = None
+    link_cuts: np.ndarray | None = None
+    """Which tangents enter each link's waiting (bool, shape (links, cuts)); default all."""
     rho_max: float = 0.95
     cuts: int = 16
     segments: int = 8
 
     def __post_init__(self) -> None:
+        if self.weight_bg is None:
+            self.weight_bg = np.zeros(self.num_gpus)
         self.hop_scale = 0.0
         self.slopes, self.intercepts = queue_cuts(self.rho_max, self.cuts)
         pi = np.clip(self.load / (self.rate * self.tokens), 0.0, 1.0 - 1e-9)
@@ -66,7 +72,7 @@ class RequestLayer(_Layer):
 
     def sends_of(self, y: np.ndarray) -> np.ndarray:
         """Tokens per second each GPU receives (the piecewise-linear model)."""
-        return self.rate * self.tokens * np.interp(self.intensity @ y, self.breaks, self.values)
+        return self.sends_at(self.weight_bg + self.intensity @ y)
 
     def _network(self, sends: np.ndarray, use_hops: bool | None = None) -> float:
         """Network seconds per request times the request rate."""
@@ -102,30 +108,35 @@ class RequestLayer(_Layer):
         w = m.add_cols(G, 0.0, cost=comp_w * scale)
         self._cut_rows(m, w, u)
         send_cost = self.hop_scale * self.hops if self.metric == "hops" else self.tau
-        sends = self._sends_rows(m, v, net_w * scale * send_cost)
+        # A sends column counts rate * tokens tokens/s: in tokens/s, link coefficients
+        # (~1e-10 s per token) fall below HiGHS's 1e-9 matrix floor and are dropped.
+        unit = self.rate * self.tokens
+        sends = self._sends_rows(m, v, net_w * scale * send_cost * unit)
         aux = {"u": u, "w": w, "sends": sends}
         if self.metric != "hops":
             K = self.coef.shape[0]
             util = m.add_cols(K, 0.0, self.rho_max)
             k, gg = np.nonzero(self.coef)
             m.add_rows(np.r_[np.arange(K), k], np.r_[util, sends[gg]],
-                       np.r_[np.ones(K), -self.coef[k, gg]], self.link_bg, self.link_bg)
+                       np.r_[np.ones(K), -self.coef[k, gg] * unit], self.link_bg, self.link_bg)
             wait = m.add_cols(K, 0.0, cost=net_w * scale)
-            self._cut_rows(m, wait, util)
+            self._cut_rows(m, wait, util, self.link_cuts)
             aux.update(util=util, wait=wait)
         return m, v, aux
 
     def _sends_rows(self, m: Milp, v: LayerVars, cost: np.ndarray) -> np.ndarray:
-        """Columns ``S[g]`` = tokens/s sent to ``g``, by the incremental PWL of ``f``."""
+        """Columns ``S[g]`` = ``f(W[g])``, the tokens sent to ``g`` per token of the layer
+        (units of ``rate * tokens`` tokens/s), by the incremental PWL of ``f``."""
         E, G, n = self.num_experts, self.num_gpus, self.segments
         width = np.diff(self.breaks)
         slope = np.diff(self.values) / width
         fill = m.add_cols(G * n, 0.0, np.tile(width, G)).reshape(G, n)
         opened = m.add_cols(G * (n - 1), 0.0, 1.0, integer=True).reshape(G, n - 1)
         g = np.arange(G)
-        # sum_k fill[g, k] = sum_e a[e] y[e, g]
+        # sum_k fill[g, k] = weight_bg[g] + sum_e a[e] y[e, g]
         m.add_rows(np.r_[np.repeat(g, n), np.tile(g, E)], np.r_[fill.ravel(), v.y.ravel()],
-                   np.r_[np.ones(G * n), -np.repeat(self.intensity, G)], 0.0, 0.0)
+                   np.r_[np.ones(G * n), -np.repeat(self.intensity, G)], self.weight_bg,
+                   self.weight_bg)
         r = np.arange(G * (n - 1))
         # segment k full before k + 1 opens: fill[k] >= width[k] z[k], fill[k + 1] <= width[k + 1] z[k]
         m.add_rows(np.r_[r, r], np.r_[fill[:, :-1].ravel(), opened.ravel()],
@@ -134,7 +145,7 @@ class RequestLayer(_Layer):
                    np.r_[np.ones(r.size), -np.tile(width[1:], G)], -np.inf, 0.0)
         sends = m.add_cols(G, 0.0, cost=cost)
         m.add_rows(np.r_[g, np.repeat(g, n)], np.r_[sends, fill.ravel()],
-                   np.r_[np.ones(G), -self.rate * self.tokens * np.tile(slope, G)], 0.0, 0.0)
+                   np.r_[np.ones(G), -np.tile(slope, G)], 0.0, 0.0)
         self._fill, self._opened = fill, opened
         return sends
 
@@ -142,12 +153,15 @@ class RequestLayer(_Layer):
         """No bound of its own: the solver's bound is the proof (returns ``-inf``)."""
         return -math.inf
 
-    def _cut_rows(self, m: Milp, wait: np.ndarray, util: np.ndarray) -> None:
+    def _cut_rows(self, m: Milp, wait: np.ndarray, util: np.ndarray,
+                  keep: np.ndarray | None = None) -> None:
+        """``wait >= slope * util + intercept`` for every tangent (those ``keep`` marks)."""
         n, cuts = wait.size, self.slopes.size
-        rows = np.arange(n * cuts)
-        m.add_rows(np.r_[rows, rows], np.r_[np.repeat(wait, cuts), np.repeat(util, cuts)],
-                   np.r_[np.ones(n * cuts), -np.tile(self.slopes, n)],
-                   np.tile(self.intercepts, n), np.inf)
+        keep = np.ones(n * cuts, dtype=bool) if keep is None else np.asarray(keep).ravel()
+        rows = np.arange(int(keep.sum()))
+        m.add_rows(np.r_[rows, rows], np.r_[np.repeat(wait, cuts)[keep], np.repeat(util, cuts)[keep]],
+                   np.r_[np.ones(rows.size), -np.tile(self.slopes, n)[keep]],
+                   np.tile(self.intercepts, n)[keep], np.inf)
 
     def complete(self, m: Milp, v: LayerVars, aux: dict[str, np.ndarray], x: np.ndarray,
                  y: np.ndarray) -> np.ndarray:
@@ -156,12 +170,12 @@ class RequestLayer(_Layer):
         gpu, link = self.utilisation(y)
         values[aux["u"]] = gpu
         values[aux["w"]] = np.maximum(pwl(gpu, self.slopes, self.intercepts), 0.0)
-        weight = np.minimum(self.intensity @ y, self.breaks[-1])
+        weight = np.minimum(self.weight_bg + self.intensity @ y, self.breaks[-1])
         width = np.diff(self.breaks)
         fill = np.clip(weight[:, None] - self.breaks[None, :-1], 0.0, width[None, :])
         values[self._fill.ravel()] = fill.ravel()
         values[self._opened.ravel()] = (fill[:, :-1] >= width[None, :-1] * (1 - 1e-12)).ravel()
-        values[aux["sends"]] = self.sends_of(y)
+        values[aux["sends"]] = self.sends_of(y) / (self.rate * self.tokens)
         if "util" in aux:
             values[aux["util"]] = link
             values[aux["wait"]] = np.maximum(pwl(link, self.slopes, self.intercepts), 0.0)
@@ -169,9 +183,10 @@ class RequestLayer(_Layer):
 
     def new_state(self) -> dict[str, Any]:
         return {"gpu": self.gpu_bg.copy(), "link": self.link_bg.copy(),
-                "weight": np.zeros(self.num_gpus), "pairs": np.zeros(self.num_gpus)}
+                "weight": self.weight_bg.copy(), "pairs": np.zeros(self.num_gpus)}
 
-    def _sends(self, weight: np.ndarray) -> np.ndarray:
+    def sends_at(self, weight: np.ndarray) -> np.ndarray:
+        """Tokens per second to GPUs whose copies weigh ``weight`` in all (``W``)."""
         return self.rate * self.tokens * np.interp(weight, self.breaks, self.values)
 
     def marginal(self, state: dict[str, Any], e: int, share: float, cand: np.ndarray) -> np.ndarray:
@@ -180,7 +195,7 @@ class RequestLayer(_Layer):
         gpu = state["gpu"][cand]
         obj = comp_w * (pwl(gpu + u, self.slopes, self.intercepts) - pwl(gpu, self.slopes, self.intercepts))
         weight = state["weight"][cand]
-        extra = self._sends(weight + self.intensity[e] * share) - self._sends(weight)
+        extra = self.sends_at(weight + self.intensity[e] * share) - self.sends_at(weight)
         if self.metric == "hops":
             return obj + net_w * self.hop_scale * self.hops[cand] * extra
         # Links: the queueing cost's slope at the current load (first order; a copy moves
@@ -191,8 +206,8 @@ class RequestLayer(_Layer):
 
     def add(self, state: dict[str, Any], e: int, share: float, g: int) -> None:
         weight = state["weight"][g]
-        extra = float(self._sends(np.array([weight + self.intensity[e] * share]))[0]
-                      - self._sends(np.array([weight]))[0])
+        extra = float(self.sends_at(np.array([weight + self.intensity[e] * share]))[0]
+                      - self.sends_at(np.array([weight]))[0])
         state["weight"][g] += self.intensity[e] * share
         state["gpu"][g] += self.busy[e] * share
         state["link"] += self.coef[:, g] * extra
