@@ -22,7 +22,8 @@ from a warm start built for the same objective:
    :func:`~helios.placement.request_search.neighbourhood_search` has HiGHS re-seat the
    single-copy experts of a few GPUs at a time, on the layer's model restricted to them,
    for the first ``1 - SEARCH_SHARE`` of the time left; the whole MILP then starts
-   from what it reached, for its bound.
+   from what it reached, for HiGHS's bound (the layer's own,
+   :meth:`RequestLayer.lower_bound`, is reported but not added as a cut).
 
 Where the start is then within ``mip_gap`` of the bound it ships as proven
 (``proven_by="bound"``); otherwise the MILP starts from it. A layer's result is
@@ -257,7 +258,9 @@ def solve_layer(model: EpLayer | RequestLayer, time_limit_s: float, mip_gap: flo
         x0, y0 = _improve_request_start(model, m, v, sol, search_end, deadline)
     cost = m.cost
     used = np.flatnonzero(cost)
-    if math.isfinite(floor):  # the bound as a cut: HiGHS prunes with it
+    # The EP bound as a cut: HiGHS prunes with it. The request model's is only reported:
+    # it does not change what HiGHS returns (placements as at helios-placement-5).
+    if math.isfinite(floor) and isinstance(model, EpLayer):
         m.add_rows(np.zeros(used.size), used, cost[used], floor, np.inf)
     result = m.solve(model.complete(m, v, aux, x0, y0), deadline - time.perf_counter() - lp_s,
                      mip_gap)
