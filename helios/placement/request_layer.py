@@ -107,7 +107,7 @@ class RequestLayer(_Layer):
                    np.r_[np.ones(G), -np.repeat(self.busy, G)], self.gpu_bg, self.gpu_bg)
         w = m.add_cols(G, 0.0, cost=comp_w * scale)
         self._cut_rows(m, w, u)
-        send_cost = self.hop_scale * self.hops if self.metric == "hops" else self.tau
+        send_cost = self.send_cost
         # A sends column counts rate * tokens tokens/s: in tokens/s, link coefficients
         # (~1e-10 s per token) fall below HiGHS's 1e-9 matrix floor and are dropped.
         unit = self.rate * self.tokens
@@ -168,9 +168,8 @@ class RequestLayer(_Layer):
         G = self.num_gpus
         mean_u = (self.gpu_bg.sum() + self.busy.sum()) / G
         gpu = G * float(pwl(np.array([mean_u]), self.slopes, self.intercepts)[0])
-        hops = self.metric == "hops"
-        links = 0.0 if hops else float(pwl(self.link_bg, self.slopes, self.intercepts).sum())
-        cost = self.hop_scale * self.hops if hops else self.tau
+        links = 0.0 if self.metric == "hops" else float(pwl(self.link_bg, self.slopes, self.intercepts).sum())
+        cost = self.send_cost
         most = float(self.breaks[-1])
         if most <= 0:
             return (comp_w * gpu + net_w * links) * US / self.rate
@@ -224,11 +223,21 @@ class RequestLayer(_Layer):
         extra = self.sends_at(weight + self.intensity[e] * share) - self.sends_at(weight)
         if self.metric == "hops":
             return obj + net_w * self.hop_scale * self.hops[cand] * extra
-        # Links: the queueing cost's slope at the current load (first order; a copy moves
-        # one link's utilisation by little), one K x G product per copy.
-        link = state["link"]
+        return obj + net_w * self.link_price(state["link"], cand) * extra
+
+    @property
+    def send_cost(self) -> np.ndarray:
+        """Per GPU: the objective's unloaded network cost of a token sent there (transfer
+        seconds, or the scaled hop count under ``metric="hops"``)."""
+        return self.hop_scale * self.hops if self.metric == "hops" else self.tau
+
+    def link_price(self, link: np.ndarray, gpus: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """Network seconds of one more token sent to each of ``gpus`` at link utilisations
+        ``link``: its unloaded transfer plus, on every link of its routes, the queueing
+        cost's slope at that load (first order: a copy moves one link's utilisation by
+        little); one K x len(gpus) product."""
         slope = self.slopes[np.argmax(link[:, None] * self.slopes + self.intercepts, axis=1)]
-        return obj + net_w * (slope @ self.coef[:, cand] + self.tau[cand]) * extra
+        return slope @ self.coef[:, gpus] + self.tau[gpus]
 
     def add(self, state: dict[str, Any], e: int, share: float, g: int) -> None:
         weight = state["weight"][g]

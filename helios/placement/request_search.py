@@ -78,11 +78,7 @@ def neighbourhoods(model: RequestLayer, y: np.ndarray, size: int) -> Iterator[np
     """GPU sets of ``size``: the top of a ranking with its bottom, then inwards (module doc)."""
     G, half = model.num_gpus, max(size // 2, 1)
     gpu, link = model.utilisation(y)
-    if model.metric == "hops":
-        price = model.hop_scale * model.hops
-    else:
-        slope = model.slopes[np.argmax(link[:, None] * model.slopes + model.intercepts, axis=1)]
-        price = slope @ model.coef + model.tau
+    price = model.send_cost if model.metric == "hops" else model.link_price(link)
     seen: set[tuple[int, ...]] = set()
     for score in (gpu, price):
         order = np.lexsort((np.arange(G), -score))
