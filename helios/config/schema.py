@@ -293,8 +293,8 @@ class AdaptationConfig:
         " as vLLM and SGLang by default) or go in the background (async) while steps run",
         choices=("stop_the_world", "async"))
     migration_gbyte_s: typing.Optional[float] = spec(
-        None, "serving=ep: budget of weight-copy bytes over the fabric, GB/s (async only); "
-              "null: no budget", gt=0)
+        None, "budget of weight-copy bytes over the fabric, GB/s (serving=ep: async only; "
+              "serving=request: every copy, a chunk at a time); null: no budget", gt=0)
     min_gain: float = spec(
         0.01, "serving=ep, helios_dynamic: a move must cut its layer's step cost by this share",
         ge=0, lt=1)

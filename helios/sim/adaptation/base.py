@@ -21,9 +21,16 @@ expert (helios_dynamic: the cheapest path to the target under the current link
 utilisation; eplb_dynamic: the earliest idle-network delivery, both by the engine's
 store-and-forward model) with ``sim.network.send``: the bytes share the FIFO link queues with
 token traffic, by default one network chunk at a time (``paced_transfers``, see
-:meth:`AdaptationEngine._send_paced`). The replica is added to the serving set
-(``sim.set_replicas``) only when the last byte has arrived. An eviction takes the replica out of the serving
-set at once and frees its slot at once; messages dispatched to it before the eviction
+:meth:`AdaptationEngine._send_paced`). With a budget ``migration_gbyte_s`` (B), the
+copies are paced by a token bucket one piece deep (a piece: a chunk, or a whole unpaced
+copy): a piece of ``c`` bytes leaves once the budget of the pieces before it is spent
+and then holds the budget for ``c / B``, in the order the pieces asked, with no credit
+banked while nothing waits. So by time ``t`` the copies of a stretch of copying that
+started at ``t0`` have put at most ``B x (t - t0)`` bytes plus the last piece on the
+network, and a copy that is slower than B on its own is not slowed
+(:meth:`AdaptationEngine._release`). The replica is added to the serving set
+(``sim.set_replicas``) only when the last byte has arrived. An eviction takes the
+replica out of the serving set at once and frees its slot at once; messages dispatched to it before the eviction
 still compute there (its weights are taken to live until its queued batches ran).
 The last replica of an expert is never evicted, nor any replica of an expert with a
 transfer in flight (the transfer reads from one of them).
@@ -32,7 +39,8 @@ transfer in flight (the transfer reads from one of them).
 layer, expert, from_gpu, to_gpu, bytes``; actions ``transfer_start``,
 ``replica_ready``, ``evict_cold``, ``evict_for_memory``, ``evict_rebalance``);
 ``replicas_added`` counts ready replicas, ``replication_bytes`` bytes put on the
-network. The ``replication_bytes_in_flight`` of window ``w``'s time-series sample is
+network; ``budget_log`` (time, bytes) per piece released under a budget. The
+``replication_bytes_in_flight`` of window ``w``'s time-series sample is
 the *peak* of bytes in flight during the window (a snapshot at its start would miss
 transfers shorter than a window).
 """
@@ -129,6 +137,9 @@ class AdaptationEngine:
         self.routes = route_table(sim.cluster)
         self.share = np.asarray(sim.workload.source_distribution(), dtype=float)
         self._traffic_share: np.ndarray | None = None
+        self.budget = None if adapt.migration_gbyte_s is None else adapt.migration_gbyte_s * 1e9
+        self._budget_free_at = 0.0
+        self.budget_log: list[tuple[float, float]] = []
         sim.adaptation_engine = self  # lets tests and probes inspect the engine
 
     # ------------------------------------------------------------------ process
@@ -233,8 +244,28 @@ class AdaptationEngine:
         if self.cfg.paced_transfers:
             self._send_paced(transfer, transfer.nbytes)
         else:
-            sim.network.send(transfer.src, dst, transfer.nbytes, lambda: self._arrived(transfer))
+            self._release(transfer.nbytes, lambda: sim.network.send(
+                transfer.src, dst, transfer.nbytes, lambda: self._arrived(transfer)))
         return transfer
+
+    def _release(self, nbytes: float, send) -> None:
+        """Call ``send()`` when the migration budget lets ``nbytes`` go (at once without one).
+
+        One queue over all of the engine's copies: the piece leaves at the later of now
+        and the end of the previous piece's budget, and holds the budget for
+        ``nbytes / B`` from there.
+        """
+        if self.budget is None:
+            send()
+            return
+        env = self.sim.env
+        release = max(env.now, self._budget_free_at)
+        self._budget_free_at = release + nbytes / self.budget
+        self.budget_log.append((release, nbytes))
+        if release == env.now:
+            send()
+        else:
+            env.timeout(release - env.now).callbacks.append(lambda _event: send())
 
     def _send_paced(self, transfer: Transfer, left: float) -> None:
         """Send the weights one network chunk at a time, the next when the last has arrived.
@@ -242,13 +273,14 @@ class AdaptationEngine:
         A bulk message enqueues all its chunks on the first link at once, so token
         messages arriving behind it wait for the whole transfer (FIFO). Paced, a
         token waits for at most one weight chunk per link; the transfer runs slightly
-        slower (one route latency per chunk) - a background, low-priority copy.
+        slower (one route latency per chunk) - a background, low-priority copy. Each
+        chunk waits for the migration budget (:meth:`_release`).
         """
         piece = min(left, self.sim.network.chunk)
         rest = left - piece
         done = (lambda: self._send_paced(transfer, rest)) if rest > 0 else (
             lambda: self._arrived(transfer))
-        self.sim.network.send(transfer.src, transfer.dst, piece, done)
+        self._release(piece, lambda: self.sim.network.send(transfer.src, transfer.dst, piece, done))
 
     def _arrived(self, transfer: Transfer) -> None:
         sim, key = self.sim, (transfer.layer, transfer.expert)
