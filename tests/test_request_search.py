@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 
@@ -106,7 +107,7 @@ def test_at_real_size_the_request_solver_beats_its_start(topo, gain):
     sol = ilp.solve_layer(model, 8.0, 0.01)
     assert sol.status == "feasible" and sol.search_moves > 0
     assert sol.objective < sol.start_objective * (1 - gain)
-    assert sol.gap < 0.45  # the layer's own bound: 0.35 and 0.39 measured
+    assert sol.gap < 0.26  # the layer's own bound: 0.23 and 0.18 measured
     assert model.evaluate(sol.x, sol.y) == pytest.approx(sol.objective, rel=1e-9)
 
 
@@ -135,13 +136,31 @@ def test_no_coefficient_falls_below_the_solvers_matrix_floor():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_the_request_bound_is_below_the_brute_force_optimum(seed):
-    """No copy matrix beats the request layer's own bound, and it is not vacuous (within
-    7-24% of the optimum measured on these instances)."""
+    """No copy matrix beats the request layer's own bound, and it is close: it equals the
+    optimum (to rounding) on 4 of these 5 instances and is 7% below it on the other."""
     rng = np.random.default_rng(10 + seed)
     pi = np.sort(rng.dirichlet(np.ones(5) * 0.7))[::-1] * 2
     model = request_model(slow_gpu_cluster(), pi, slots=2, share=rng.dirichlet(np.ones(4)))
     best = min(model.evaluate(x, x) for x in copy_matrices(model))
-    assert 0.7 * best < model.lower_bound() <= best
+    assert 0.9 * best < model.lower_bound() <= best * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_transfer_floor_is_the_least_transfer_of_any_placement(seed):
+    """With equal slot counts and no replicas every permutation of the intensity blocks is
+    a placement, so the floor is attained: it equals the brute-force least unloaded
+    transfer over all copy matrices, on uneven sources (GPUs that differ in cost per
+    token). With uneven slots (3, 2, 1, 2) a block may not fit the GPU a permutation gives
+    it, so the floor is only below the least (0.07-12% measured on these instances)."""
+    rng = np.random.default_rng(40 + seed)
+    pi = np.sort(rng.dirichlet(np.ones(6) * 0.6))[::-1] * 2
+    model = request_model(slow_gpu_cluster(), pi, slots=2, share=rng.dirichlet(np.ones(4)))
+    assert np.ptp(model.send_cost) > 0
+    least = min(float(model.send_cost @ model.sends_of(x)) for x in copy_matrices(model))
+    assert model.transfer_floor() == pytest.approx(least, rel=1e-12)
+    uneven = dataclasses.replace(model, slots=np.array([3, 2, 1, 2]))
+    least = min(float(uneven.send_cost @ uneven.sends_of(x)) for x in copy_matrices(uneven))
+    assert 0.85 * least < uneven.transfer_floor() <= least * (1 + 1e-12)
 
 
 @pytest.mark.parametrize("seed", range(3))
