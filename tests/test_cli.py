@@ -215,6 +215,7 @@ def test_bench_help_is_usage_not_an_error(capsys):
                                       (["sweep", "--cells", "x"], "--cells"),
                                       (["engine", "--repeat", "0"], "--repeat"),
                                       (["rank", "--random", "0"], "--random"),
+                                      (["rank", "--serving", "grpc"], "--serving"),
                                       (["deepep", "--bogus"], "--bogus")])
 def test_a_bad_bench_option_is_one_line_exit_2(argv, key, capsys):
     from helios.bench.__main__ import main as bench_main

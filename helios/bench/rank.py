@@ -1,16 +1,22 @@
 """``python -m helios.bench rank``: does the placement MILP's cost rank placements as the
 simulator does?
 
-One ``serving=ep`` config (DeepSeek-V3, 8 simulated layers, skewed popularity, full
-prefill chunks on the default 16-GPU fat-tree, as ``tests/test_ep.py`` uses to compare
-strategies), at least 20 placements: random ones (one copy per expert on a random GPU
+One config, at least 20 placements: random ones (one copy per expert on a random GPU
 with a free slot, plus random extra copies), round_robin, greedy, the EPLB and vLLM
 baselines, and helios_static with different weights and redundant budgets. Each is
 simulated with ``strategy.routing=weighted`` (its shares; equal where it has none), so
-that the cost model sees the split the simulator runs. The table gives the model's
-predicted MoE time per representative step (the sum over layers of
-:meth:`EpLayer.evaluate`, microseconds) and the simulated mean step time; the last line
-the Spearman rank correlation between the two (target >= 0.8).
+that the cost model sees the split the simulator runs. The last line gives the Spearman
+rank correlation between the two (target >= 0.8).
+
+* ``--serving ep`` (default): DeepSeek-V3, 8 simulated layers, skewed popularity, full
+  prefill chunks on the default 16-GPU fat-tree (as ``tests/test_ep.py`` compares
+  strategies). Predicted: the MoE time per representative step (the sum over layers of
+  :meth:`EpLayer.evaluate`, microseconds); simulated: the mean step time.
+* ``--serving request``: the ``grid_request`` sweep's medium cell (DeepSeek-V3, 2
+  layers, Zipf(1), 2000 requests/s on the seed study's 64-GPU fat-tree). Predicted: the
+  waiting and transfer time per request summed over the layers
+  (:meth:`RequestLayer.evaluate`, each layer against the others' load under the same
+  placement, microseconds); simulated: the mean and the P99 latency.
 """
 
 from __future__ import annotations
@@ -26,13 +32,21 @@ from helios.config import cell_config
 from helios.placement import place
 from helios.placement.base import Placement
 from helios.placement.ilp import layer_models
+from helios.sim.engine import Simulation
 from helios.sim.ep.engine import EpSimulation
 from helios.sim.ep.metrics import ep_cell_metrics
+from helios.sim.metrics import cell_metrics
 from helios.compose import compose
 
 BASE = ("topology=fat_tree", "model=deepseek_v3", "sim.layers=8", "scenario.popularity=zipf", "scenario.zipf_s=1.0",
         "scenario.rate=400", "serving.prompt_tokens=2048", "serving.output_tokens=2",
         "sim.duration_s=0.5", "sim.warmup_s=0.1", "sim.drain_s=0.1", "sim.window_s=0.05")
+
+#: The ``grid_request`` sweep's medium cell: the request model on the seed study's fat-tree.
+BASE_REQUEST = ("serving=request", "model=deepseek_v3", "topology=seed_fat_tree",
+                "gpu.expert_memory_fraction=0.5", "sim.layers=2", "scenario.popularity=zipf",
+                "scenario.rate=2000", "++strategy.ilp.time_limit_s=20", "sim.duration_s=0.2",
+                "sim.warmup_s=0.04", "sim.window_s=0.02", "sim.drain_s=1.0")
 
 VARIANTS: tuple[tuple[str, ...], ...] = (
     ("strategy=round_robin",), ("strategy=greedy",), ("strategy=eplb",), ("strategy=eplb_r0",),
@@ -69,47 +83,76 @@ def random_placement(layers: int, experts: int, gpus: int, slots: int, extra: in
     return Placement(replicas, gpus, {"strategy": "random"})
 
 
-def predicted_us(models, placement: Placement) -> float:
-    """The MILP cost of a placement: its layers' objectives with its shares."""
-    total = 0.0
+def placement_matrices(models, placement: Placement) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each layer's copies ``x`` and shares ``y``, shape (E, G) each."""
+    out = []
     for model, layer_r, layer_s in zip(models, placement.replicas, placement.share_table()):
         x = np.zeros((model.num_experts, model.num_gpus))
         y = np.zeros_like(x)
         for e, (gpus, share) in enumerate(zip(layer_r, layer_s)):
             x[e, gpus], y[e, gpus] = 1.0, share
+        out.append((x, y))
+    return out
+
+
+def predicted_us(models, placement: Placement, serving: str = "ep") -> float:
+    """The MILP cost of a placement: its layers' objectives with its shares (request
+    model: each layer with the other layers' load under it as background)."""
+    layers = placement_matrices(models, placement)
+    total = 0.0
+    for l, (model, (x, y)) in enumerate(zip(models, layers)):
+        if serving == "request":
+            loads = [other.own_load(oy) for i, (other, (_, oy)) in enumerate(zip(models, layers)) if i != l]
+            model.gpu_bg = sum((g for g, _ in loads), np.zeros(model.num_gpus))
+            model.link_bg = sum((k for _, k in loads), np.zeros(model.coef.shape[0]))
         total += model.evaluate(x, y)
     return total
 
 
-def simulated_ms(overrides: Sequence[str], placement: Placement) -> float:
-    cfg = cell_config(compose([*BASE, *overrides, "strategy.routing=weighted"]))
-    cluster, _, workload, _ = prepare(cfg)
-    return float(ep_cell_metrics(EpSimulation(cluster, cfg, placement, workload).run()).step_ms_mean)
+def simulated_ms(base: Sequence[str], overrides: Sequence[str], placement: Placement) -> tuple[float, ...]:
+    """Simulated figures: the mean step (``ep``), or the mean and P99 latency (``request``)."""
+    cfg = cell_config(compose([*base, *overrides, "strategy.routing=weighted"]))
+    cluster, spec, workload, _ = prepare(cfg)
+    if cfg.serving.name == "ep":
+        return (float(ep_cell_metrics(EpSimulation(cluster, cfg, placement, workload).run()).step_ms_mean),)
+    sim = Simulation(cluster, spec, placement, workload, cfg.sim, routing="weighted").run()
+    metrics = cell_metrics(sim)
+    return float(metrics.mean_ms), float(metrics.p99_ms)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = BenchParser(prog="python -m helios.bench rank", description=__doc__.split("\n")[0])
     parser.add_argument("--random", type=positive_int, default=6,
                         help="random placements (default 6)")
+    parser.add_argument("--serving", choices=("ep", "request"), default="ep",
+                        help="serving model and its config (default ep)")
     args = parser.parse_args(list(argv or []))
-    cfg = cell_config(compose([*BASE, "strategy=helios_static"]))
-    ctx = prepare(cfg)[3]
+    base = BASE if args.serving == "ep" else BASE_REQUEST
+    ctx = prepare(cell_config(compose([*base, "strategy=helios_static"])))[3]
     models = layer_models(ctx, "latency")
+    figures = "mean step" if args.serving == "ep" else "mean latency, P99 latency"
+    print(f"{'placement':<60} {'predicted':>15} {figures}", flush=True)
     rows = []
+
+    def add(name: str, placement: Placement, sim_overrides: Sequence[str]) -> None:
+        rows.append((name, predicted_us(models, placement, args.serving),
+                     *simulated_ms(base, sim_overrides, placement)))
+        print(f"{name:<60} {rows[-1][1]:12.1f} us " + " ".join(f"{v:10.2f} ms" for v in rows[-1][2:]),
+              flush=True)
+
     for variant in VARIANTS:
-        vctx = prepare(cell_config(compose([*BASE, *variant])))[3]
-        placement = place(vctx)
-        rows.append((" ".join(v.split("=", 1)[1] if v.startswith("strategy=") else v for v in variant),
-                     predicted_us(models, placement), simulated_ms(variant, placement)))
-        print(f"{rows[-1][0]:<60} {rows[-1][1]:12.1f} us {rows[-1][2]:10.2f} ms", flush=True)
+        placement = place(prepare(cell_config(compose([*base, *variant])))[3])
+        add(" ".join(v.split("=", 1)[1] if v.startswith("strategy=") else v for v in variant),
+            placement, variant)
     rng = np.random.default_rng(2026)
     for i in range(args.random):
         placement = random_placement(ctx.layers, ctx.num_experts, ctx.num_gpus, ctx.slots_per_gpu,
                                      16 * (i % 3), rng)
-        rows.append((f"random {i} (+{16 * (i % 3)} copies)", predicted_us(models, placement),
-                     simulated_ms(("strategy=round_robin",), placement)))
-        print(f"{rows[-1][0]:<60} {rows[-1][1]:12.1f} us {rows[-1][2]:10.2f} ms", flush=True)
-    rho = spearmanr([r[1] for r in rows], [r[2] for r in rows]).statistic
-    print(f"\n{len(rows)} placements: Spearman rank correlation (predicted cost, simulated mean "
-          f"step) = {rho:.3f}")
+        add(f"random {i} (+{16 * (i % 3)} copies)", placement, ("strategy=round_robin",))
+    predicted = [r[1] for r in rows]
+    names = ["mean step"] if args.serving == "ep" else ["mean latency", "P99 latency"]
+    for k, name in enumerate(names):
+        rho = spearmanr(predicted, [r[2 + k] for r in rows]).statistic
+        print(f"\n{len(rows)} placements: Spearman rank correlation (predicted cost, simulated "
+              f"{name}) = {rho:.3f}")
     return 0
