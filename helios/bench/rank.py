@@ -97,7 +97,8 @@ def placement_matrices(models, placement: Placement) -> list[tuple[np.ndarray, n
 
 def predicted_us(models, placement: Placement, serving: str = "ep") -> float:
     """The MILP cost of a placement: its layers' objectives with its shares (request
-    model: each layer with the other layers' load under it as background)."""
+    model: each layer with the other layers' load under it as background, which this
+    sets on the models)."""
     layers = placement_matrices(models, placement)
     total = 0.0
     for l, (model, (x, y)) in enumerate(zip(models, layers)):
