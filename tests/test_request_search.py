@@ -158,6 +158,8 @@ def test_the_link_floor_is_below_every_placements_link_waiting(seed):
                           model.intercepts).sum()) for x in copy_matrices(model))
     assert least > 0.01
     assert 0.99 * least < model.link_floor() <= least
+    # out of time, the LP gives way to the links' background waiting (zero here)
+    assert model.link_floor(0.0) == float(pwl(model.link_bg, model.slopes, model.intercepts).sum())
 
 
 @pytest.mark.parametrize("seed", range(4))

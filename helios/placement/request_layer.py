@@ -150,8 +150,9 @@ class RequestLayer(_Layer):
         self._fill, self._opened = fill, opened
         return sends
 
-    def lower_bound(self) -> float:
-        """A bound below every placement's objective, from three relaxations:
+    def lower_bound(self, time_limit_s: float = 5.0) -> float:
+        """A bound below every placement's objective, from three relaxations (the link
+        LP gets ``time_limit_s``):
 
         * GPU waiting: ``sum_g Lq(U[g]) >= G Lq(mean U)`` (the tangent model is convex), and
           ``sum_g U[g]`` is the same for every placement (each expert's shares sum to 1);
@@ -165,7 +166,7 @@ class RequestLayer(_Layer):
         G = self.num_gpus
         mean_u = (self.gpu_bg.sum() + self.busy.sum()) / G
         gpu = G * float(pwl(np.array([mean_u]), self.slopes, self.intercepts)[0])
-        links = 0.0 if self.metric == "hops" else self.link_floor()
+        links = 0.0 if self.metric == "hops" else self.link_floor(time_limit_s)
         return (comp_w * gpu + net_w * (links + self.transfer_floor())) * US / self.rate
 
     def _block_sends(self) -> np.ndarray:
