@@ -196,3 +196,25 @@ def test_the_request_bound_holds_with_replicas_and_any_shares(seed, rate):
         assert model.evaluate(x.astype(float), y) >= bound
         links = pwl(model.link_bg + model.coef @ model.sends_of(y), model.slopes, model.intercepts)
         assert links.sum() >= link_floor
+
+
+def test_a_copys_gpu_time_is_the_batch_cost_at_one_and_two_equal_copies():
+    """A request's tokens reach a copy of share s as Binomial(tokens, pi s), each job paying
+    its weight read and launch: the model's copy cost is that expected batch time at a
+    whole share and at a half (to its 1e-3 rounding), where a share-linear cost is far
+    below it for all but the hottest experts (measured: up to 2x)."""
+    from helios.cell import prepare
+    from helios.placement.loadaware import expert_busy_seconds
+    from tests._configs import config
+
+    cfg = config("serving=request", "topology=seed_fat_tree", "strategy=helios_static",
+                 "gpu.expert_memory_fraction=0.5", "sim.layers=1", "scenario.rate=2000", base=())
+    _, spec, _, ctx = prepare(cfg)
+    model = ilp.layer_models(ctx, "latency")[0]
+    pi = model.load / (model.rate * model.tokens)
+    for share in (1.0, 0.5):
+        batch = model.rate * expert_busy_seconds(pi * share, model.tokens, spec)
+        np.testing.assert_allclose(model.copy_busy + model.busy * share, batch, rtol=1e-3)
+    linear = model.rate * expert_busy_seconds(pi, model.tokens, spec) / 2
+    half = model.rate * expert_busy_seconds(pi / 2, model.tokens, spec)
+    assert (half / linear).max() > 1.9

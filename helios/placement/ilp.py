@@ -66,7 +66,7 @@ from helios.config import EplbConfig
 from helios.placement.base import Placement, PlacementContext
 from helios.placement.ep_layer import EpLayer
 from helios.placement.ep_search import swap_search
-from helios.placement.loadaware import (expert_busy_seconds, hop_costs, link_coefficients,
+from helios.placement.loadaware import (copy_busy_terms, hop_costs, link_coefficients,
                                         replica_counts, undominated_rows)
 from helios.placement.request_layer import RequestLayer
 from helios.placement.request_search import neighbourhood_search
@@ -147,8 +147,9 @@ def layer_models(ctx: PlacementContext, metric: str) -> list[EpLayer | RequestLa
     models = []
     for p in load:
         rate = p.sum() / (tokens * spec.top_k)
-        busy = rate * expert_busy_seconds(p / (rate * tokens), tokens, spec)
-        models.append(RequestLayer(load=p, busy=busy, rate=rate, tokens=tokens, coef=coef, tau=tau,
+        fixed, busy = copy_busy_terms(p / (rate * tokens), tokens, spec, rate)
+        models.append(RequestLayer(load=p, busy=busy, copy_busy=fixed, rate=rate, tokens=tokens,
+                                   coef=coef, tau=tau,
                                    hops=hops,
                                    gpu_bg=np.zeros(ctx.num_gpus), link_bg=np.zeros(coef.shape[0]),
                                    rho_max=cfg.rho_max, cuts=cfg.queue_cuts, **common))
@@ -241,6 +242,8 @@ def solve_layer(model: EpLayer | RequestLayer, time_limit_s: float, mip_gap: flo
             x0, y0 = warm_start(model, total)
         lp_start = time.perf_counter()
         y0 = _start_shares(model, m, v, x0, y0, deadline)
+        if isinstance(model, RequestLayer):  # a copy left without tokens is not shipped nor paid
+            x0 = x0 & (y0 > 0)
         lp_s = max(lp_s, time.perf_counter() - lp_start)
         obj = model.evaluate(x0.astype(float), y0)
         if best is None or obj < best[0] * (1 - 1e-12):
@@ -298,9 +301,10 @@ def _improve_request_start(model: RequestLayer, m: Any, v: Any, sol: LayerSoluti
     x, y, objective, moves = neighbourhood_search(model, sol.x, sol.y, sol.objective, search_end)
     if moves:
         shares = _start_shares(model, m, v, x > 0.5, y, deadline)
-        cost = model.evaluate(x, shares)
+        kept = ((x > 0.5) & (shares > 0)).astype(float)
+        cost = model.evaluate(kept, shares)
         if cost < objective:
-            y, objective = shares, cost
+            x, y, objective = kept, shares, cost
         sol.x, sol.y, sol.objective, sol.search_moves = x, y, objective, moves
         sol.status = "feasible"
     return sol.x, sol.y

@@ -58,7 +58,7 @@ import numpy as np
 
 from helios.placement.milp import Milp
 
-__all__ = ["LayerVars", "expert_busy_seconds", "link_coefficients", "undominated_rows", "hop_costs",
+__all__ = ["LayerVars", "copy_busy_terms", "expert_busy_seconds", "link_coefficients", "undominated_rows", "hop_costs",
            "queue_cuts", "pwl", "replica_counts", "US"]
 
 US = 1e6  # objective unit: microseconds
@@ -155,6 +155,25 @@ def expert_busy_seconds(pi: np.ndarray, tokens: int, spec: Any) -> np.ndarray:
     floor_part = wr * np.clip(binom.cdf(n0, tokens, pi) - none, 0.0, 1.0)
     token_part = ts * tokens * pi * binom.sf(n0 - 1, tokens - 1, pi)
     return ko * (1.0 - none) + floor_part + token_part
+
+
+def copy_busy_terms(pi: np.ndarray, tokens: int, spec: Any, rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """A copy's GPU busy seconds per second as ``fixed + per_share * s`` for share ``s``.
+
+    A request's tokens reach a copy of share ``s`` as ``Binomial(tokens, pi s)``, so its
+    busy time is ``h(s) = rate E[batch_seconds]`` (:func:`expert_busy_seconds`), concave
+    in ``s``: every copy a request reaches pays its own weight read and launch. The line
+    through ``h(1/2)`` and ``h(1)`` is exact for one copy and for two equal ones (above
+    ``h`` below a half, below it between a half and one): ``fixed = 2 h(1/2) -
+    h(1)`` and ``per_share = 2 (h(1) - h(1/2))``, each at least zero. Shapes (E,).
+    """
+    whole = rate * expert_busy_seconds(pi, tokens, spec)
+    half = rate * expert_busy_seconds(pi / 2, tokens, spec)
+    fixed = np.clip(2 * half - whole, 0.0, whole)
+    # a per-share part below a thousandth of the whole is noise that can fall under
+    # HiGHS's 1e-9 matrix floor: the whole cost is then the copy's (exact at s = 1 still)
+    fixed = np.where(whole - fixed < 1e-3 * whole, whole, fixed)
+    return fixed, whole - fixed
 
 
 @dataclass

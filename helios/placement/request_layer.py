@@ -20,8 +20,10 @@ __all__ = ["RequestLayer"]
 class RequestLayer(_Layer):
     """``serving=request``: one layer's waiting + transfer time per request (module doc).
 
-    ``load`` is pairs per second, ``busy`` the GPU busy seconds per second each expert
-    would cause on one GPU, ``rate`` requests per second of ``tokens`` tokens, ``coef``
+    ``load`` is pairs per second; a copy of expert ``e`` with share ``s`` keeps its GPU
+    ``copy_busy[e] + busy[e] s`` seconds per second busy (:func:`copy_busy_terms`: a
+    request's job on it pays its weight read and launch whatever its share), ``rate``
+    requests per second of ``tokens`` tokens, ``coef``
     the combined dispatch + combine :func:`link_coefficients` (seconds per token sent),
     ``tau`` a token's unloaded transfer seconds per GPU, ``gpu_bg`` / ``link_bg`` the
     other layers' utilisations, ``weight_bg`` a part of each GPU's ``W`` held fixed (the
@@ -38,6 +40,8 @@ class RequestLayer(_Layer):
     """
 
     busy: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    copy_busy: np.ndarray | None = None
+    """Busy seconds per second a copy costs whatever its share (default none)."""
     rate: float = 1.0
     tokens: int = 1
     coef: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
@@ -55,6 +59,8 @@ class RequestLayer(_Layer):
     def __post_init__(self) -> None:
         if self.weight_bg is None:
             self.weight_bg = np.zeros(self.num_gpus)
+        if self.copy_busy is None:
+            self.copy_busy = np.zeros(self.num_experts)
         self.hop_scale = 0.0
         self.slopes, self.intercepts = queue_cuts(self.rho_max, self.cuts)
         pi = np.clip(self.load / (self.rate * self.tokens), 0.0, 1.0 - 1e-9)
@@ -82,18 +88,22 @@ class RequestLayer(_Layer):
         links = pwl(self.link_bg + self.coef @ sends, self.slopes, self.intercepts).sum()
         return float(links + self.tau @ sends)
 
+    def gpu_load(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """This layer's own GPU utilisations from copies ``x`` with shares ``y``."""
+        return self.copy_busy @ x + self.busy @ y
+
     def utilisation(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """GPU and link utilisations, including the other layers'."""
-        return self.gpu_bg + self.busy @ y, self.link_bg + self.coef @ self.sends_of(y)
+        """GPU and link utilisations, including the other layers' (a copy is a positive share)."""
+        return self.gpu_bg + self.gpu_load(y > 0, y), self.link_bg + self.coef @ self.sends_of(y)
 
     def own_load(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """This layer's own GPU and link utilisations."""
-        return self.busy @ y, self.coef @ self.sends_of(y)
+        return self.gpu_load(y > 0, y), self.coef @ self.sends_of(y)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> float:
         """The objective (microseconds per request) of copies ``x`` and shares ``y``."""
         net_w, comp_w = self.weights
-        gpu = pwl(self.gpu_bg + self.busy @ y, self.slopes, self.intercepts).sum()
+        gpu = pwl(self.gpu_bg + self.gpu_load(x, y), self.slopes, self.intercepts).sum()
         return (comp_w * float(gpu) + net_w * self._network(self.sends_of(y))) * US / self.rate
 
     def build(self) -> tuple[Milp, LayerVars, dict[str, np.ndarray]]:
@@ -104,8 +114,9 @@ class RequestLayer(_Layer):
         v = self._shared(m)
         g = np.arange(G)
         u = m.add_cols(G, 0.0, self.rho_max)
-        m.add_rows(np.r_[g, np.tile(g, E)], np.r_[u, v.y.ravel()],
-                   np.r_[np.ones(G), -np.repeat(self.busy, G)], self.gpu_bg, self.gpu_bg)
+        m.add_rows(np.r_[g, np.tile(g, E), np.tile(g, E)], np.r_[u, v.y.ravel(), v.x.ravel()],
+                   np.r_[np.ones(G), -np.repeat(self.busy, G), -np.repeat(self.copy_busy, G)],
+                   self.gpu_bg, self.gpu_bg)
         w = m.add_cols(G, 0.0, cost=comp_w * scale)
         self._cut_rows(m, w, u)
         send_cost = self.send_cost
@@ -164,7 +175,7 @@ class RequestLayer(_Layer):
         """
         net_w, comp_w = self.weights
         G = self.num_gpus
-        mean_u = (self.gpu_bg.sum() + self.busy.sum()) / G
+        mean_u = (self.gpu_bg.sum() + self.busy.sum() + self.copy_busy.sum()) / G  # >= 1 copy each
         gpu = G * float(pwl(np.array([mean_u]), self.slopes, self.intercepts)[0])
         links = 0.0 if self.metric == "hops" else self.link_floor(time_limit_s)
         return (comp_w * gpu + net_w * (links + self.transfer_floor())) * US / self.rate
@@ -261,7 +272,7 @@ class RequestLayer(_Layer):
                  y: np.ndarray) -> np.ndarray:
         values = np.zeros(m.num_cols)
         values[v.y.ravel()], values[v.x.ravel()], values[v.pairs] = y.ravel(), x.ravel(), self.pairs_of(y)
-        gpu, link = self.utilisation(y)
+        gpu, link = self.gpu_bg + self.gpu_load(x, y), self.link_bg + self.coef @ self.sends_of(y)
         values[aux["u"]] = gpu
         values[aux["w"]] = np.maximum(pwl(gpu, self.slopes, self.intercepts), 0.0)
         weight = np.minimum(self.weight_bg + self.intensity @ y, self.breaks[-1])
@@ -285,7 +296,7 @@ class RequestLayer(_Layer):
 
     def marginal(self, state: dict[str, Any], e: int, share: float, cand: np.ndarray) -> np.ndarray:
         net_w, comp_w = self.weights
-        u = self.busy[e] * share
+        u = self.busy[e] * share + self.copy_busy[e]
         gpu = state["gpu"][cand]
         obj = comp_w * (pwl(gpu + u, self.slopes, self.intercepts) - pwl(gpu, self.slopes, self.intercepts))
         weight = state["weight"][cand]
@@ -313,6 +324,6 @@ class RequestLayer(_Layer):
         extra = float(self.sends_at(np.array([weight + self.intensity[e] * share]))[0]
                       - self.sends_at(np.array([weight]))[0])
         state["weight"][g] += self.intensity[e] * share
-        state["gpu"][g] += self.busy[e] * share
+        state["gpu"][g] += self.busy[e] * share + self.copy_busy[e]
         state["link"] += self.coef[:, g] * extra
         state["pairs"][g] += self.load[e] * share

@@ -94,8 +94,8 @@ def restricted_layer(model: RequestLayer, x: np.ndarray, y: np.ndarray, gpus: np
                      experts: np.ndarray) -> RequestLayer:
     """``model`` over ``experts`` (single-copy, all held on ``gpus``) and ``gpus`` only, with
     everything else in ``x`` / ``y`` as background: the same objective up to a constant."""
-    rest = y.copy()
-    rest[experts] = 0.0
+    rest, rest_x = y.copy(), x.copy()
+    rest[experts], rest_x[experts] = 0.0, 0.0
     outside = np.ones(model.num_gpus, dtype=bool)
     outside[gpus] = False
     weight = model.weight_bg + model.intensity @ rest
@@ -110,8 +110,9 @@ def restricted_layer(model: RequestLayer, x: np.ndarray, y: np.ndarray, gpus: np
     most = model.sends_at(weight[gpus] + model.intensity[experts].sum())
     cuts = active_cuts(model.slopes, model.intercepts, link_bg + coef @ fewest, link_bg + coef @ most)
     sub = dataclasses.replace(
-        model, load=model.load[experts], busy=model.busy[experts], coef=coef,
-        tau=model.tau[gpus], hops=model.hops[gpus], gpu_bg=(model.gpu_bg + model.busy @ rest)[gpus],
+        model, load=model.load[experts], busy=model.busy[experts],
+        copy_busy=model.copy_busy[experts], coef=coef, tau=model.tau[gpus], hops=model.hops[gpus],
+        gpu_bg=(model.gpu_bg + model.gpu_load(rest_x, rest))[gpus],
         link_bg=link_bg, weight_bg=weight[gpus], link_cuts=cuts,
         slots=model.slots[gpus] - others, copies=int(experts.size))
     # the whole layer's curve and hop scale: the sub-model is that model, not one of its own
