@@ -31,7 +31,7 @@ from helios.cell import prepare
 from helios.config import cell_config
 from helios.placement import place
 from helios.placement.base import Placement
-from helios.placement.ilp import layer_models
+from helios.placement.ilp import layer_models, set_background
 from helios.sim.engine import Simulation
 from helios.sim.ep.engine import EpSimulation
 from helios.sim.ep.metrics import ep_cell_metrics
@@ -103,9 +103,7 @@ def predicted_us(models, placement: Placement, serving: str = "ep") -> float:
     total = 0.0
     for l, (model, (x, y)) in enumerate(zip(models, layers)):
         if serving == "request":
-            loads = [other.own_load(oy) for i, (other, (_, oy)) in enumerate(zip(models, layers)) if i != l]
-            model.gpu_bg = sum((g for g, _ in loads), np.zeros(model.num_gpus))
-            model.link_bg = sum((k for _, k in loads), np.zeros(model.coef.shape[0]))
+            set_background(models, [shares for _, shares in layers], l)
         total += model.evaluate(x, y)
     return total
 
@@ -131,8 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = BASE if args.serving == "ep" else BASE_REQUEST
     ctx = prepare(cell_config(compose([*base, "strategy=helios_static"])))[3]
     models = layer_models(ctx, "latency")
-    figures = "mean step" if args.serving == "ep" else "mean latency, P99 latency"
-    print(f"{'placement':<60} {'predicted':>15} {figures}", flush=True)
+    names = ["mean step"] if args.serving == "ep" else ["mean latency", "P99 latency"]
+    print(f"{'placement':<60} {'predicted':>15} {', '.join(names)}", flush=True)
     rows = []
 
     def add(name: str, placement: Placement, sim_overrides: Sequence[str]) -> None:
@@ -151,7 +149,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      16 * (i % 3), rng)
         add(f"random {i} (+{16 * (i % 3)} copies)", placement, ("strategy=round_robin",))
     predicted = [r[1] for r in rows]
-    names = ["mean step"] if args.serving == "ep" else ["mean latency", "P99 latency"]
     for k, name in enumerate(names):
         rho = spearmanr(predicted, [r[2 + k] for r in rows]).statistic
         print(f"\n{len(rows)} placements: Spearman rank correlation (predicted cost, simulated "

@@ -71,7 +71,7 @@ from helios.placement.loadaware import (copy_busy_terms, hop_costs, link_coeffic
 from helios.placement.request_layer import RequestLayer
 from helios.placement.request_search import neighbourhood_search
 
-__all__ = ["LayerSolution", "layer_models", "warm_start", "greedy_solution", "solve_layer", "solve_placement",
+__all__ = ["LayerSolution", "layer_models", "set_background", "warm_start", "greedy_solution", "solve_layer", "solve_placement",
            "helios_static", "helios_hops"]
 
 #: Layer outcomes from best to worst; a cell reports its worst layer's.
@@ -344,7 +344,7 @@ def solve_placement(ctx: PlacementContext, metric: str) -> Placement:
     slip = 0.0  # the most a layer ran past its share (HiGHS's set-up): held back for the last
     for l, model in enumerate(models):
         if ctx.serving == "request":
-            _set_background(models, solutions, l)
+            set_background(models, [sol.y for sol in solutions], l)
         left = max(deadline - time.perf_counter() - slip, 0.0) / (len(models) - l)
         if left <= start_s:  # too little time for a layer's full start: keep its greedy one
             if ctx.serving == "request":  # its objective against the current background
@@ -374,13 +374,14 @@ def _sequential_starts(models: list[Any]) -> list[LayerSolution]:
     return solutions
 
 
-def _set_background(models: list[Any], solutions: list[Any], layer: int) -> None:
-    """Request model: the other layers' current GPU and link load as layer's background."""
+def set_background(models: list[Any], shares: list[np.ndarray], layer: int) -> None:
+    """Request model: the other layers' GPU and link load under their ``shares`` (each
+    shape (E, G)) as ``layer``'s background."""
     model = models[layer]
     model.gpu_bg, model.link_bg = np.zeros(model.num_gpus), np.zeros(model.coef.shape[0])
-    for i, (other, sol) in enumerate(zip(models, solutions)):
+    for i, (other, y) in enumerate(zip(models, shares)):
         if i != layer:
-            gpu, link = other.own_load(sol.y)
+            gpu, link = other.own_load(y)
             model.gpu_bg += gpu
             model.link_bg += link
 

@@ -224,10 +224,10 @@ class RequestLayer(_Layer):
         s = m.add_cols(G, 0.0, sends[:, 0] / unit)
         m.add_rows(np.zeros(G), s, np.ones(G), least, np.inf)
         util = m.add_cols(K, 0.0, np.inf)
-        k, g = np.nonzero(self.coef[used])
-        m.add_rows(np.r_[np.arange(K), k], np.r_[util, s[g]],
-                   np.r_[np.ones(K), -self.coef[used][k, g] * unit], self.link_bg[used],
-                   self.link_bg[used])
+        coef = self.coef[used]
+        k, g = np.nonzero(coef)
+        m.add_rows(np.r_[np.arange(K), k], np.r_[util, s[g]], np.r_[np.ones(K), -coef[k, g] * unit],
+                   self.link_bg[used], self.link_bg[used])
         wait = m.add_cols(K, 0.0, cost=1.0)
         self._cut_rows(m, wait, util)
         result = m.solve(None, time_limit_s, 0.0, relax=True)
