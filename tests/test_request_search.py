@@ -215,6 +215,14 @@ def test_a_copys_gpu_time_is_the_batch_cost_at_one_and_two_equal_copies():
     for share in (1.0, 0.5):
         batch = model.rate * expert_busy_seconds(pi * share, model.tokens, spec)
         np.testing.assert_allclose(model.copy_busy + model.busy * share, batch, rtol=1e-3)
+    # independently of expert_busy_seconds' closed form: the simulator's batch cost on
+    # Binomial draws, for the hottest expert, a middle one and the coolest
+    rng = np.random.default_rng(0)
+    for e in np.argsort(-pi)[[0, pi.size // 2, -1]]:
+        for share in (1.0, 0.5):
+            drawn = spec.batch_seconds(rng.binomial(model.tokens, pi[e] * share, 200_000))
+            assert model.copy_busy[e] + model.busy[e] * share == pytest.approx(
+                model.rate * drawn.mean(), rel=0.01)
     linear = model.rate * expert_busy_seconds(pi, model.tokens, spec) / 2
     half = model.rate * expert_busy_seconds(pi / 2, model.tokens, spec)
     assert (half / linear).max() > 1.9
