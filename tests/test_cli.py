@@ -216,6 +216,7 @@ def test_bench_help_is_usage_not_an_error(capsys):
                                       (["engine", "--repeat", "0"], "--repeat"),
                                       (["rank", "--random", "0"], "--random"),
                                       (["rank", "--serving", "grpc"], "--serving"),
+                                      (["rank", "--seeds", "0"], "--seeds"),
                                       (["deepep", "--bogus"], "--bogus")])
 def test_a_bad_bench_option_is_one_line_exit_2(argv, key, capsys):
     from helios.bench.__main__ import main as bench_main

@@ -6,7 +6,11 @@ with a free slot, plus random extra copies), round_robin, greedy, the EPLB and v
 baselines, and helios_static with different weights and redundant budgets. Each is
 simulated with ``strategy.routing=weighted`` (its shares; equal where it has none), so
 that the cost model sees the split the simulator runs. The last line gives the Spearman
-rank correlation between the two (target >= 0.8).
+rank correlation between the two (target >= 0.8). With ``--seeds N`` every placement is
+simulated on the workload seeds ``0..N-1`` and ranked by the mean over them; the last
+lines then also give the simulator's own noise ceiling, the Spearman correlation between
+the means over the even and over the odd seeds (what one seed's noise leaves of the
+order: a P99 of a few hundred requests is a noisy figure).
 
 * ``--serving ep`` (default): DeepSeek-V3, 8 simulated layers, skewed popularity, full
   prefill chunks on the default 16-GPU fat-tree (as ``tests/test_ep.py`` compares
@@ -108,9 +112,11 @@ def predicted_us(models, placement: Placement, serving: str = "ep") -> float:
     return total
 
 
-def simulated_ms(base: Sequence[str], overrides: Sequence[str], placement: Placement) -> tuple[float, ...]:
-    """Simulated figures: the mean step (``ep``), or the mean and P99 latency (``request``)."""
-    cfg = cell_config(compose([*base, *overrides, "strategy.routing=weighted"]))
+def simulated_ms(base: Sequence[str], overrides: Sequence[str], placement: Placement,
+                 seed: int = 0) -> tuple[float, ...]:
+    """Simulated figures on workload ``seed``: the mean step (``ep``), or the mean and P99
+    latency (``request``)."""
+    cfg = cell_config(compose([*base, *overrides, "strategy.routing=weighted", f"seed={seed}"]))
     cluster, spec, workload, _ = prepare(cfg)
     if cfg.serving.name == "ep":
         return (float(ep_cell_metrics(EpSimulation(cluster, cfg, placement, workload).run()).step_ms_mean),)
@@ -125,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="random placements (default 6)")
     parser.add_argument("--serving", choices=("ep", "request"), default="ep",
                         help="serving model and its config (default ep)")
+    parser.add_argument("--seeds", type=positive_int, default=1,
+                        help="workload seeds each placement is simulated on (default 1)")
     args = parser.parse_args(list(argv or []))
     base = BASE if args.serving == "ep" else BASE_REQUEST
     ctx = prepare(cell_config(compose([*base, "strategy=helios_static"])))[3]
@@ -133,9 +141,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'placement':<60} {'predicted':>15} {', '.join(names)}", flush=True)
     rows = []
 
+    per_seed = []  # per placement: (seeds, figures)
+
     def add(name: str, placement: Placement, sim_overrides: Sequence[str]) -> None:
-        rows.append((name, predicted_us(models, placement, args.serving),
-                     *simulated_ms(base, sim_overrides, placement)))
+        figures = np.array([simulated_ms(base, sim_overrides, placement, seed)
+                            for seed in range(args.seeds)])
+        per_seed.append(figures)
+        rows.append((name, predicted_us(models, placement, args.serving), *figures.mean(axis=0)))
         print(f"{name:<60} {rows[-1][1]:12.1f} us " + " ".join(f"{v:10.2f} ms" for v in rows[-1][2:]),
               flush=True)
 
@@ -149,8 +161,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      16 * (i % 3), rng)
         add(f"random {i} (+{16 * (i % 3)} copies)", placement, ("strategy=round_robin",))
     predicted = [r[1] for r in rows]
+    over = f", mean of {args.seeds} seeds" if args.seeds > 1 else ""
     for k, name in enumerate(names):
         rho = spearmanr(predicted, [r[2 + k] for r in rows]).statistic
         print(f"\n{len(rows)} placements: Spearman rank correlation (predicted cost, simulated "
-              f"{name}) = {rho:.3f}")
+              f"{name}{over}) = {rho:.3f}")
+    if args.seeds > 1:
+        for k, name in enumerate(names):
+            even = [figures[0::2, k].mean() for figures in per_seed]
+            odd = [figures[1::2, k].mean() for figures in per_seed]
+            print(f"noise ceiling: Spearman (simulated {name}, even seeds; odd seeds) = "
+                  f"{spearmanr(even, odd).statistic:.3f}")
     return 0
