@@ -36,7 +36,10 @@ Layers: under ``serving=ep`` a step runs the layers one after another, so they s
 nothing and are solved independently. Under ``serving=request`` all layers share the
 GPUs and links; the layers are solved in turn, each against the others' current load
 (``gpu_bg``, ``link_bg``: block coordinate descent on the joint objective, one pass
-after a sequential warm start).
+after a sequential warm start). A layer's sequential start is the cheapest of its greedy
+starts over the copy totals, as :func:`solve_layer` picks among them: the full budget's
+start, whose extra copies each pay their weight read, would burden the layers solved
+against it with load that layer's own solve does not keep.
 
 The time limit ``time_limit_s`` covers the whole placement (starts, builds, solves):
 first every layer gets its greedy start (step 2 with equal shares), the fallback that
@@ -204,9 +207,10 @@ def warm_start(model: EpLayer | RequestLayer, copies: int | None = None) -> tupl
     return x, y
 
 
-def greedy_solution(model: EpLayer | RequestLayer) -> LayerSolution:
-    """The greedy start with equal shares, unproven: what ships when time runs out."""
-    x, y = warm_start(model)
+def greedy_solution(model: EpLayer | RequestLayer, copies: int | None = None) -> LayerSolution:
+    """The greedy start of ``copies`` copies (default: the budget) with equal shares,
+    unproven: what ships when time runs out."""
+    x, y = warm_start(model, copies)
     obj = model.evaluate(x.astype(float), y)
     return LayerSolution(x.astype(float), y, obj, obj, -math.inf, "start")
 
@@ -364,12 +368,14 @@ def solve_placement(ctx: PlacementContext, metric: str) -> Placement:
 
 
 def _sequential_starts(models: list[Any]) -> list[LayerSolution]:
-    """Request model: greedy starts layer by layer, each seeing the earlier layers' load."""
+    """Request model: greedy starts layer by layer, each seeing the earlier layers' load;
+    each the cheapest over the layer's copy totals (fewest copies on ties)."""
     gpu_bg, link_bg = np.zeros_like(models[0].gpu_bg), np.zeros_like(models[0].link_bg)
     solutions = []
     for model in models:
         model.gpu_bg, model.link_bg = gpu_bg.copy(), link_bg.copy()
-        solutions.append(greedy_solution(model))
+        starts = [greedy_solution(model, total) for total in copy_totals(model)]
+        solutions.append(min(starts, key=lambda sol: sol.objective))
         gpu_bg, link_bg = model.utilisation(solutions[-1].y)
     return solutions
 
