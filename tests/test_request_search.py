@@ -276,3 +276,19 @@ def test_a_layer_is_solved_against_the_others_cheapest_start_not_their_full_budg
     cheapest = joint_objective()
     monkeypatch.setattr(ilp, "_sequential_starts", full_budget)
     assert cheapest < joint_objective() * (1 - 0.03)
+
+
+def test_the_warm_start_keeps_the_milps_utilisation_caps(monkeypatch):
+    """Weights that leave the GPUs out of the objective (``compute_weight=0``) would have
+    the greedy pack the hottest experts together to save sends, past the MILP's cap:
+    without the cap on its candidates the second layer's start has a GPU 1.15 busy (measured),
+    an infeasible MILP point whose cost the tangents extrapolate. With it, every GPU and
+    link of every sequential start is within ``rho_max``."""
+    models = default_cell_models("+sweep=grid_request", "topology=seed_fat_tree", "scenario.rate=2000",
+                                 "scenario.popularity=zipf", "strategy.ilp.compute_weight=0")
+    for start, model in zip(ilp._sequential_starts(models), models):
+        gpu, link = model.utilisation(start.y)
+        assert gpu.max() <= model.rho_max and link.max() <= model.rho_max
+    monkeypatch.setattr(type(models[0]), "fits", lambda self, state, e, share, cand: np.ones(cand.size, bool))
+    busiest = max(m.utilisation(s.y)[0].max() for s, m in zip(ilp._sequential_starts(models), models))
+    assert busiest > 1.0

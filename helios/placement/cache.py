@@ -51,7 +51,7 @@ __all__ = ["KEY_VERSION", "CACHE_FORMAT", "placement_key", "cluster_fingerprint"
            "DiskPlacementCache", "obtain_placement", "cache_root"]
 
 #: Bump when any placement algorithm changes what it returns for the same inputs.
-KEY_VERSION = "helios-placement-10"
+KEY_VERSION = "helios-placement-11"
 #: Layout of a cache file.
 CACHE_FORMAT = 1
 

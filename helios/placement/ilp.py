@@ -10,7 +10,11 @@ from a warm start built for the same objective:
    the largest load per copy).
 2. **Assignment**: copies by decreasing load per copy, each to the GPU with a free slot
    (not already holding the expert) where the layer's objective after the move is
-   least; ties to the least-loaded, then the lowest GPU.
+   least; ties to the least-loaded, then the lowest GPU. Under ``serving=request`` only
+   GPUs that keep it and (true latency) every link within ``rho_max`` are candidates
+   while any is: the MILP's caps, which its objective's tangents would otherwise
+   extrapolate past, so a start that ships (or that the search starts from) is one of
+   the MILP's solutions.
 3. **Shares**: the LP of the layer with the copies fixed (the optimal shares for them;
    under ``serving=ep`` a compact LP over the replicated experts' shares only,
    :meth:`EpLayer.share_lp`).
@@ -198,6 +202,9 @@ def warm_start(model: EpLayer | RequestLayer, copies: int | None = None) -> tupl
         if cand.size == 0:
             continue  # an extra copy with nowhere to go
         share = 1.0 / count[e]
+        within = model.fits(state, e, share, cand)
+        if within.any():  # else the least costly GPU, over a cap (the start then breaks it)
+            cand = cand[within]
         obj = model.marginal(state, e, share, cand)
         pick = cand[np.lexsort((cand, state["pairs"][cand], np.round(obj, 9)))[0]]
         x[e, pick] = True

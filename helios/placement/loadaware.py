@@ -225,6 +225,11 @@ class _Layer:
     def pairs_of(self, y: np.ndarray) -> np.ndarray:
         return self.load @ y
 
+    def fits(self, state: dict[str, Any], e: int, share: float, cand: np.ndarray) -> np.ndarray:
+        """Which GPUs of ``cand`` can take a copy of ``e`` with ``share`` within the model's
+        utilisation caps (bool, shape ``cand``); none here."""
+        return np.ones(cand.size, dtype=bool)
+
 
 def replica_counts(load: np.ndarray, copies: int, num_gpus: int,
                    replicable: np.ndarray | None = None) -> np.ndarray:

@@ -305,6 +305,18 @@ class RequestLayer(_Layer):
             return obj + net_w * self.hop_scale * self.hops[cand] * extra
         return obj + net_w * self.link_price(state["link"], cand) * extra
 
+    def fits(self, state: dict[str, Any], e: int, share: float, cand: np.ndarray) -> np.ndarray:
+        """Which GPUs of ``cand`` can take a copy of ``e`` with ``share`` keeping their own
+        utilisation and, under ``metric="latency"``, every link's at or below ``rho_max``:
+        the MILP's caps, so that a start built within them is one of its solutions."""
+        gpu = state["gpu"][cand] + self.busy[e] * share + self.copy_busy[e] <= self.rho_max
+        if self.metric == "hops":
+            return gpu
+        weight = state["weight"][cand]
+        extra = self.sends_at(weight + self.intensity[e] * share) - self.sends_at(weight)
+        links = state["link"][:, None] + self.coef[:, cand] * extra[None, :] <= self.rho_max
+        return gpu & links.all(axis=0)
+
     @property
     def send_cost(self) -> np.ndarray:
         """Per GPU: the objective's unloaded network cost of a token sent there (transfer
