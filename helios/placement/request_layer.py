@@ -294,13 +294,17 @@ class RequestLayer(_Layer):
         """Tokens per second to GPUs whose copies weigh ``weight`` in all (``W``)."""
         return self.rate * self.tokens * np.interp(weight, self.breaks, self.values)
 
+    def extra_sends(self, weight: np.ndarray, e: int, share: float) -> np.ndarray:
+        """Tokens per second more to GPUs of copy weight ``weight`` that take ``share`` of
+        expert ``e``."""
+        return self.sends_at(weight + self.intensity[e] * share) - self.sends_at(weight)
+
     def marginal(self, state: dict[str, Any], e: int, share: float, cand: np.ndarray) -> np.ndarray:
         net_w, comp_w = self.weights
         u = self.busy[e] * share + self.copy_busy[e]
         gpu = state["gpu"][cand]
         obj = comp_w * (pwl(gpu + u, self.slopes, self.intercepts) - pwl(gpu, self.slopes, self.intercepts))
-        weight = state["weight"][cand]
-        extra = self.sends_at(weight + self.intensity[e] * share) - self.sends_at(weight)
+        extra = self.extra_sends(state["weight"][cand], e, share)
         if self.metric == "hops":
             return obj + net_w * self.hop_scale * self.hops[cand] * extra
         return obj + net_w * self.link_price(state["link"], cand) * extra
@@ -312,8 +316,7 @@ class RequestLayer(_Layer):
         gpu = state["gpu"][cand] + self.busy[e] * share + self.copy_busy[e] <= self.rho_max
         if self.metric == "hops":
             return gpu
-        weight = state["weight"][cand]
-        extra = self.sends_at(weight + self.intensity[e] * share) - self.sends_at(weight)
+        extra = self.extra_sends(state["weight"][cand], e, share)
         links = state["link"][:, None] + self.coef[:, cand] * extra[None, :] <= self.rho_max
         return gpu & links.all(axis=0)
 
@@ -332,9 +335,7 @@ class RequestLayer(_Layer):
         return slope @ self.coef[:, gpus] + self.tau[gpus]
 
     def add(self, state: dict[str, Any], e: int, share: float, g: int) -> None:
-        weight = state["weight"][g]
-        extra = float(self.sends_at(np.array([weight + self.intensity[e] * share]))[0]
-                      - self.sends_at(np.array([weight]))[0])
+        extra = float(self.extra_sends(state["weight"][g:g + 1], e, share)[0])
         state["weight"][g] += self.intensity[e] * share
         state["gpu"][g] += self.busy[e] * share + self.copy_busy[e]
         state["link"] += self.coef[:, g] * extra
