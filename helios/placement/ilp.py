@@ -62,6 +62,7 @@ seed).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -78,7 +79,7 @@ from helios.placement.loadaware import (copy_busy_terms, hop_costs, link_coeffic
 from helios.placement.request_layer import RequestLayer
 from helios.placement.request_search import neighbourhood_search
 
-__all__ = ["LayerSolution", "layer_models", "set_background", "warm_start", "greedy_solution", "solve_layer", "solve_placement",
+__all__ = ["LayerSolution", "layer_models", "with_load", "set_background", "warm_start", "greedy_solution", "solve_layer", "solve_placement",
            "helios_static", "helios_hops"]
 
 #: Layer outcomes from best to worst; a cell reports its worst layer's.
@@ -151,16 +152,22 @@ def layer_models(ctx: PlacementContext, metric: str) -> list[EpLayer | RequestLa
     coef = out + back
     message = max(1.0, tokens * spec.top_k / min(ctx.num_gpus, ctx.num_experts))
     tau = _transfer_costs(cluster, share, message, spec, ctx.sim_chunk_bytes)
-    models = []
-    for p in load:
-        rate = p.sum() / (tokens * spec.top_k)
-        fixed, busy = copy_busy_terms(p / (rate * tokens), tokens, spec, rate)
-        models.append(RequestLayer(load=p, busy=busy, copy_busy=fixed, rate=rate, tokens=tokens,
-                                   coef=coef, tau=tau,
-                                   hops=hops,
-                                   gpu_bg=np.zeros(ctx.num_gpus), link_bg=np.zeros(coef.shape[0]),
-                                   rho_max=cfg.rho_max, cuts=cfg.queue_cuts, **common))
-    return models
+    template = RequestLayer(load=np.ones(ctx.num_experts), tokens=tokens, coef=coef, tau=tau, hops=hops,
+                            gpu_bg=np.zeros(ctx.num_gpus), link_bg=np.zeros(coef.shape[0]),
+                            rho_max=cfg.rho_max, cuts=cfg.queue_cuts, **common)
+    return [with_load(template, p, spec) for p in load]
+
+
+def with_load(model: RequestLayer, load: np.ndarray, spec: Any) -> RequestLayer:
+    """Request model: ``model`` for the pairs per second ``load`` (shape (E,), positive
+    sum): the rate and the busy terms follow it, the cluster's terms stay, and the
+    background is none."""
+    tokens = model.tokens
+    rate = float(load.sum()) / (tokens * spec.top_k)
+    fixed, busy = copy_busy_terms(load / (rate * tokens), tokens, spec, rate)
+    return dataclasses.replace(model, load=load, busy=busy, copy_busy=fixed, rate=rate,
+                               gpu_bg=np.zeros(model.num_gpus), link_bg=np.zeros(model.coef.shape[0]),
+                               weight_bg=None)
 
 
 def _transfer_costs(cluster: Any, share: np.ndarray, message: float, spec: Any,

@@ -185,6 +185,9 @@ class _Layer:
     copies: int
     weights: tuple[float, float]  # (network, compute)
     metric: str
+    also_replicable: np.ndarray | None = None
+    """Experts that may hold more than one copy besides :meth:`replicable`'s rule
+    (runtime adaptation: those that already do)."""
 
     @property
     def num_experts(self) -> int:
@@ -197,10 +200,12 @@ class _Layer:
     def replicable(self) -> np.ndarray:
         """Experts that may get more than one copy: the ``2 (copies - E)`` hottest (the
         rule of :func:`~helios.placement.loadaware.replica_counts` never picks beyond
-        ``copies - E`` of the hottest). The others keep one copy, serving all their tokens."""
+        ``copies - E`` of the hottest), and ``also_replicable``. The others keep one copy,
+        serving all their tokens."""
         extra = self.copies - self.num_experts
         order = np.lexsort((np.arange(self.num_experts), -self.load))
-        return np.sort(order[:min(self.num_experts, 2 * extra)])
+        rule = np.sort(order[:min(self.num_experts, 2 * extra)])
+        return rule if self.also_replicable is None else np.union1d(rule, self.also_replicable)
 
     def _shared(self, m: Milp, pair_cost: np.ndarray | float = 0.0) -> LayerVars:
         E, G = self.num_experts, self.num_gpus

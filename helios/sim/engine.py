@@ -123,7 +123,7 @@ class Simulation:
                                self.link_meter)
         self.gpus = GpuQueues(self.env, cluster.num_gpus, self.gpu_meter)
         self.replicas = [[list(g) for g in layer] for layer in placement.replicas]
-        self.shares = placement.share_table()
+        self.shares = [[list(s) for s in layer] for layer in placement.share_table()]
         self.router = make_router(routing, self)
         self._primary = [np.array([g[0] for g in layer]) for layer in self.replicas]
         self._multi = [np.array([len(g) > 1 for g in layer]) for layer in self.replicas]
@@ -152,11 +152,16 @@ class Simulation:
             self.env.process(controller(self))
 
     # ------------------------------------------------------------------ replicas
-    def set_replicas(self, layer: int, expert: int, gpus: list[int]) -> None:
-        """Replace the serving replicas of (layer, expert); routing sees it at once."""
+    def set_replicas(self, layer: int, expert: int, gpus: list[int],
+                     shares: list[float] | None = None) -> None:
+        """Replace the serving replicas of (layer, expert) and their token shares (default
+        equal); routing sees it at once."""
         if not gpus:
             raise ValueError(f"layer {layer} expert {expert} would have no serving replica")
+        if shares is not None and len(shares) != len(gpus):
+            raise ValueError(f"{len(shares)} shares for {len(gpus)} replicas")
         self.replicas[layer][expert] = list(gpus)
+        self.shares[layer][expert] = [1.0 / len(gpus)] * len(gpus) if shares is None else list(shares)
         self._primary[layer][expert] = gpus[0]
         self._multi[layer][expert] = len(gpus) > 1
 

@@ -76,22 +76,19 @@ class WeightedRouter(Router):
     Smooth weighted round robin (as nginx's upstream balancer): every decision adds each
     replica's share to its credit and picks the largest credit (lowest GPU on ties),
     which then pays 1. Over any run of decisions each replica's count stays within one
-    of ``share x decisions``; deterministic, no random draw. A replica set that no
-    longer matches the placement's (runtime adaptation) is split equally.
+    of ``share x decisions``; deterministic, no random draw. The shares are the
+    simulation's current ones (``sim.shares``: the placement's, then what runtime
+    adaptation sets with :meth:`Simulation.set_replicas`, equal unless it names them).
     """
 
     def __init__(self, sim: Any) -> None:
         super().__init__(sim)
         self._credit: dict[tuple[int, int], dict[int, float]] = {}
-        self._placed = [[list(g) for g in layer] for layer in sim.replicas]
 
     def choose(self, layer: int, expert: int, src: int, replicas: Sequence[int]) -> int:
         if len(replicas) == 1:
             return replicas[0]
-        if list(replicas) == self._placed[layer][expert]:
-            shares = self.sim.shares[layer][expert]
-        else:
-            shares = [1.0 / len(replicas)] * len(replicas)
+        shares = self.sim.shares[layer][expert]
         credit = self._credit.setdefault((layer, expert), {})
         for g, s in zip(replicas, shares):
             credit[g] = credit.get(g, 0.0) + s

@@ -53,10 +53,6 @@ class OracleEngine:
         sim = self.sim
         for layer, (row, shares) in enumerate(zip(placement.replicas, placement.share_table())):
             for expert, (gpus, share) in enumerate(zip(row, shares)):
-                sim.set_replicas(layer, expert, gpus)
-                sim.shares[layer][expert] = list(share)
-                placed = getattr(sim.router, "_placed", None)
-                if placed is not None:
-                    placed[layer][expert] = list(gpus)
+                sim.set_replicas(layer, expert, gpus, share)
         sim.adaptation_events.append({"time_s": float(now), "action": "rebalance", "layer": -1,
                                       "expert": -1, "from_gpu": -1, "to_gpu": -1, "bytes": 0.0})
