@@ -13,7 +13,7 @@ import json
 from helios.config import CellConfig, to_dict
 
 #: Bumped whenever a change to the simulator can change any result; part of every cell id.
-SIM_MODEL_VERSION = "helios-sim-7"
+SIM_MODEL_VERSION = "helios-sim-8"
 
 #: Config sections that do not change a cell's results (excluded from its id).
 NON_SEMANTIC = ("ray", "output_dir", "sweep", "record", "rerun")

@@ -13,24 +13,27 @@ import simpy
 from _configs import config
 from helios.cell import obtain_placement, prepare, run_cell
 from helios.placement import place
-from helios.sim.adaptation import HeliosEngine, make_controller
-from helios.sim.adaptation.base import store_and_forward_s
+from helios.sim.adaptation import make_controller
+from helios.sim.adaptation.base import AdaptationEngine
+from helios.sim.adaptation.helios_engine import best_move
+from helios.bench.rank import placement_matrices
+from helios.placement.ilp import layer_models, set_background
 from helios.sim.engine import Simulation
 from helios.sim.network import LinkMeter, Network
 from helios.sim.routing import ROUTERS, make_router
 from helios.topology import fat_tree
 
-#: Adaptation made busy on purpose: every GPU counts as congested, memory is tight
-#: (3 expert slots per GPU and layer for 16 experts on 8 GPUs), experts cool fast, and
-#: the popularity is skewed and shifts mid-run, so replications and cold evictions
-#: happen in a 0.3 s run (and, with the greedy placement, one eviction for memory).
+#: Adaptation made busy on purpose: memory is tight (3 expert slots per GPU and layer for
+#: 16 experts on 8 GPUs, all held by EPLB's placement with 8 redundant copies), the
+#: popularity is skewed and shifts mid-run, and a move need only cut its layer's cost by
+#: 0.1%, so copies into cold copies' slots and copies moved off other GPUs both happen
+#: in a 0.3 s run.
 BUSY = ("strategy=helios_dynamic", "scenario=sudden_shift", "scenario.t_shift_s=0.1",
         "scenario.zipf_s=1.3", "sim.duration_s=0.3", "gpu.memory_gib=0.15",
-        "strategy.adaptation.gpu_congested_util=0.001",
-        "strategy.adaptation.link_congested_util=0.01",
-        "strategy.adaptation.max_replicas_per_expert=4",
-        "strategy.adaptation.cold_threshold=0.5", "strategy.adaptation.evict_after_windows=2",
-        "strategy.ilp.time_limit_s=2")
+        "strategy.adaptation.max_replicas_per_expert=4", "strategy.adaptation.min_gain=0.001",
+        "++strategy.eplb.num_redundant=8", "strategy.ilp.time_limit_s=2")
+#: The busy runs start from EPLB's placement (the engine is under test, not the solver).
+BUSY_START = "eplb"
 
 
 class MemoryCache:
@@ -80,13 +83,13 @@ def busy_run():
 
     def probe(sim):
         engine = sim.adaptation_engine
-        cap = cfg.strategy.adaptation.max_replicas_per_expert
         for layer, row in enumerate(sim.replicas):
             held = np.zeros(sim.num_gpus, dtype=int)
             for expert, gpus in enumerate(row):
                 incoming = [t.dst for t in engine.pending.get((layer, expert), [])]
                 for g in gpus + incoming:
                     held[g] += 1
+                cap = max(cfg.strategy.adaptation.max_replicas_per_expert, engine.initial_counts[layer, expert])
                 if len(gpus) + len(incoming) > cap:
                     violations.append(f"t={sim.env.now} layer {layer} expert {expert}: "
                                       f"{len(gpus) + len(incoming)} replicas > cap {cap}")
@@ -98,8 +101,7 @@ def busy_run():
             if not np.array_equal(held, engine.held[layer]):
                 violations.append(f"t={sim.env.now} layer {layer}: engine memory books differ")
 
-    # greedy, not the ILP, under the engine: the test is about the engine, not the solver
-    sim = simulate(cfg, probe=probe, log=True, placement=initial_placement(cfg, "greedy"))
+    sim = simulate(cfg, probe=probe, log=True, placement=initial_placement(cfg, BUSY_START))
     return cfg, sim, violations
 
 
@@ -108,8 +110,8 @@ def test_busy_config_exercises_every_action(busy_run):
     actions = collections.Counter(e["action"] for e in sim.adaptation_events)
     assert actions["transfer_start"] >= 5
     assert actions["replica_ready"] == actions["transfer_start"] == sim.replicas_added
-    assert actions["evict_cold"] >= 1 and actions["evict_for_memory"] >= 1
-    assert sim.replicas_evicted == actions["evict_cold"] + actions["evict_for_memory"]
+    assert actions["evict_rebalance"] >= 1 and actions["evict_for_memory"] >= 1
+    assert sim.replicas_evicted == actions["evict_rebalance"] + actions["evict_for_memory"]
     assert sim.replication_bytes == pytest.approx(actions["transfer_start"] * sim.spec.expert_bytes)
     assert sim.replication_bytes_in_flight == pytest.approx(0.0)
 
@@ -126,7 +128,7 @@ def test_copies_never_exceed_the_migration_budget():
     0.3 GB/s (5% of a 50G NIC) the releases span the time the budget needs for them."""
     budget = 0.3
     cfg = config(*BUSY, f"strategy.adaptation.migration_gbyte_s={budget}")
-    sim = simulate(cfg, placement=initial_placement(cfg, "greedy"))
+    sim = simulate(cfg, placement=initial_placement(cfg, BUSY_START))
     engine, chunk = sim.adaptation_engine, sim.network.chunk
     starts = [e["time_s"] for e in sim.adaptation_events if e["action"] == "transfer_start"]
     ready = sum(e["action"] == "replica_ready" for e in sim.adaptation_events)
@@ -141,7 +143,7 @@ def test_copies_never_exceed_the_migration_budget():
 def test_event_replay_respects_memory_and_cap(busy_run):
     """Replaying the events from the initial placement never over-fills a GPU or an expert."""
     cfg, sim, _ = busy_run
-    initial = initial_placement(cfg, "greedy").replicas
+    initial = initial_placement(cfg, BUSY_START).replicas
     held = [collections.Counter(g for gpus in row for g in gpus) for row in initial]
     count = collections.Counter({(l, e): len(g) for l, row in enumerate(initial) for e, g in enumerate(row)})
     for ev in sim.adaptation_events:
@@ -154,7 +156,7 @@ def test_event_replay_respects_memory_and_cap(busy_run):
             count[key] -= 1
             assert count[key] >= 1, f"last replica of {key} evicted at {ev['time_s']}"
         assert max(held[ev["layer"]].values()) <= sim.spec.slots_per_gpu
-        assert count[key] <= cfg.strategy.adaptation.max_replicas_per_expert
+        assert count[key] <= max(cfg.strategy.adaptation.max_replicas_per_expert, len(initial[key[0]][key[1]]))
 
 
 def serving_violations(initial, sim) -> list[tuple]:
@@ -182,7 +184,7 @@ def serving_violations(initial, sim) -> list[tuple]:
 def test_replicas_serve_only_between_arrival_and_eviction(busy_run):
     """No token is dispatched to a replica before its weights arrived or after its eviction."""
     cfg, sim, _ = busy_run
-    assert serving_violations(initial_placement(cfg, "greedy").replicas, sim) == []
+    assert serving_violations(initial_placement(cfg, BUSY_START).replicas, sim) == []
     # the check has teeth: replicas that arrived late did get tokens after arriving, and
     # evicted ones had got tokens before
     late = {(ev["layer"], ev["expert"], ev["to_gpu"]) for ev in sim.adaptation_events
@@ -209,77 +211,6 @@ def test_window_samples_show_replicas_and_transfers(busy_run):
     assert sim.window_samples[-1]["replicas"] == final
 
 
-def test_full_memory_evicts_a_colder_replicated_expert_never_a_last_copy():
-    cfg = config("strategy=helios_dynamic", "gpu.memory_gib=0.15")  # 3 slots per GPU and layer
-    placement = initial_placement(cfg, "round_robin")  # expert e of layer 0 on GPU e % 8
-    sim = Simulation(*prepare(cfg)[:2], placement, prepare(cfg)[2], cfg.sim)
-    engine = HeliosEngine(sim, cfg)
-    layer, hot, lukewarm, cold, other = 0, 0, 1, 2, 3
-    # fill the one free slot of every GPU in layer 0 with extra copies
-    for expert, gpus in ((lukewarm, [2, 4, 5, 6, 7]), (cold, [3, 0]), (other, [1])):
-        sim.set_replicas(layer, expert, sim.replicas[layer][expert] + gpus)
-    engine.held[layer] = np.bincount([g for gpus in sim.replicas[layer] for g in gpus], minlength=8)
-    assert engine.free_slots(layer).max() == 0
-    engine.ewma = np.ones((sim.layers, 16))
-    engine.ewma[layer, [hot, lukewarm, cold, other]] = [40.0, 14.0, 1.5, 2.0]
-    engine.refresh_costs()
-    dst = engine._choose_target(layer, hot, engine.gpu_util.copy())
-    # the coldest load per copy is expert 2's (0.5, on GPUs 2, 3, 0); GPU 0 holds the hot
-    # expert already, so the copy on GPU 2 (lowest id of the rest) goes
-    assert (dst, sim.replicas[layer][cold]) == (2, [3, 0])
-    assert sim.adaptation_events[-1]["action"] == "evict_for_memory"
-    assert engine.free_slots(layer)[2] == 1
-    # with only last copies (and hot experts) left, nothing is evicted
-    for expert in range(16):
-        while len(sim.replicas[layer][expert]) > 1 and expert != lukewarm:
-            engine.evict(layer, expert, sim.replicas[layer][expert][-1], "evict_cold")
-    engine.ewma[layer, lukewarm] = 200.0
-    engine.held[layer] = engine.slots
-    assert engine._make_room(layer, hot, engine.holders(layer, hot)) is None
-    with pytest.raises(ValueError, match="cannot evict"):
-        engine.evict(layer, cold, sim.replicas[layer][cold][0], "evict_cold")
-
-
-def _engine_on_round_robin(cfg):
-    """A HeliosEngine over the round-robin placement (expert e of layer 0 on GPU e % 8)."""
-    placement = initial_placement(cfg, "round_robin")
-    cluster, spec, workload, _ = prepare(cfg)
-    sim = Simulation(cluster, spec, placement, workload, cfg.sim)
-    return sim, HeliosEngine(sim, cfg)
-
-
-def test_visit_probability_is_the_chance_another_pick_lands_on_the_gpu():
-    cfg = config("strategy=helios_dynamic")
-    sim, engine = _engine_on_round_robin(cfg)
-    layer, k = 0, sim.spec.top_k
-    engine.ewma = np.zeros((sim.layers, 16))
-    engine.ewma[layer, [0, 1, 9]] = [2.0, 1.0, 1.0]  # experts 1 and 9 both live on GPU 1
-    sim.set_replicas(layer, 9, [1, 3])  # expert 9 also on GPU 3: its load splits in two
-    q = engine.visit_probability(layer, 0)
-    # shares of the layer's load, without expert 0: GPU 1 = 1/4 + 1/8, GPU 3 = 1/8
-    expected = np.zeros(8)
-    expected[1] = 1 - (1 - 0.375) ** (k - 1)
-    expected[3] = 1 - (1 - 0.125) ** (k - 1)
-    assert q == pytest.approx(expected)
-    # an expert's own replicas do not count: its tokens visit them for it, not anyway
-    assert engine.visit_probability(layer, 1)[1] == pytest.approx(1 - (1 - 0.125) ** (k - 1))
-
-
-def test_replica_target_prefers_a_gpu_the_tokens_visit_anyway():
-    cfg = config("strategy=helios_dynamic")
-    sim, engine = _engine_on_round_robin(cfg)
-    layer, hot = 0, 0
-    engine.ewma = np.ones((sim.layers, 16))
-    engine.refresh_costs()
-    base = engine.target_costs(layer, hot, engine.gpu_util.copy())
-    # Make GPU 5 (experts 5 and 13) serve most of the layer's other tokens: a replica
-    # there adds almost no messages, so its network cost nearly vanishes.
-    engine.ewma[layer, [5, 13]] = 50.0
-    costs = engine.target_costs(layer, hot, engine.gpu_util.copy())
-    assert costs[5] < 0.1 * base[5]
-    assert int(np.argmin(np.delete(costs, 0))) + 1 == 5  # (GPU 0 already holds the expert)
-
-
 @pytest.mark.parametrize("paced", [True, False])
 def test_replication_bytes_appear_in_link_loads(paced):
     """A weight transfer adds expert_bytes to every link of its route, and nothing elsewhere."""
@@ -290,7 +221,7 @@ def test_replication_bytes_appear_in_link_loads(paced):
     moved = {}
 
     def controller(sim):
-        engine = HeliosEngine(sim, cfg)
+        engine = AdaptationEngine(sim, cfg)
         src = sim.replicas[layer][expert][0]
         dst = (src + sim.cluster.gpus_per_server) % sim.num_gpus  # another server
         moved.update(src=src, dst=dst)
@@ -432,29 +363,11 @@ def test_nearest_picks_the_replica_the_engine_delivers_to_first():
     assert router.choose(0, 0, 0, [1, 2]) == 1
 
 
-def test_helios_dynamic_path_costs_are_the_engines_store_and_forward_times():
-    cfg = config("strategy=helios_dynamic")
-    sim, engine = _engine_on_round_robin(cfg)
-    engine.link_util = np.zeros_like(engine.link_util)
-    terms = engine.path_cost_matrices()
-    cluster, chunk = sim.cluster, sim.network.chunk
-    for s in range(sim.num_gpus):
-        for d in range(sim.num_gpus):
-            pair = [m[s, d] for m in terms]
-            one_chunk_per_hop = sum(chunk / cluster.link_bandwidth[k] for k in cluster.route(s, d))
-            for nbytes in (4096.0, 0.3 * chunk, chunk, 3 * chunk):  # at most a chunk, or whole ones
-                assert store_and_forward_s(*pair, nbytes, chunk) == pytest.approx(
-                    cluster.transfer_time(s, d, nbytes, chunk), rel=1e-12, abs=1e-15)
-            exact = cluster.transfer_time(s, d, 3.5 * chunk, chunk)  # a short last chunk
-            estimate = store_and_forward_s(*pair, 3.5 * chunk, chunk)
-            assert exact - 1e-15 <= estimate <= exact + one_chunk_per_hop
-
-
 def test_router_registry():
     assert {"nearest", "round_robin", "oracle_congestion", "least_loaded"} <= set(ROUTERS)
 
 
-# --------------------------------------------------------------------------- recovery
+# --------------------------------------------------------------------------- a sudden shift
 #: 16 GPUs, one per server behind its own 25 Gb/s NIC, 64 experts (top-4): the NICs of the
 #: GPUs that hold the hottest experts are the congested links. The popularity is re-permuted
 #: at 0.1 s (window 5 of 0.02 s); arrivals stop at 0.3 s (window 15).
@@ -464,68 +377,40 @@ SHIFT = ("model.num_experts=64", "model.top_k=4", "topology.k=4", "topology.gpus
          "strategy.ilp.time_limit_s=5")
 
 
-def recovery_windows(p99: np.ndarray, shift: int, level: float, span: int = 3) -> int:
-    """Windows after ``shift`` until the ``span``-window rolling mean of P99 is <= ``level``
-    and stays so to the end; ``len(p99)`` if never."""
-    rolling = np.convolve(p99, np.ones(span) / span, mode="valid")  # rolling[i]: windows i..i+span-1
-    for k in range(shift, len(rolling)):
-        if np.all(rolling[k:] <= level):
-            return k - shift
-    return len(p99)
-
-
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "the request model's helios_dynamic no longer beats the load-aware helios_static after "
-    "a sudden shift (README, the paper sweep): since the MILP places replicas with token "
-    "shares and routers read delayed telemetry, the engine's weight copies load "
-    "the congested 25G NICs more than its replicas relieve them; seeds 0-4 at rate 3000: "
-    "post-shift mean P99 5.01/6.92, 4.93/5.15, 5.54/5.00, 4.12/4.36, 4.83/5.38 ms "
-    "(static/dynamic; the default 20 GB/s budget does not bind on 25G NICs), and "
-    "5.47, 5.48, 6.09, 4.24, 5.50 ms for dynamic within a 0.2 GB/s budget"))
-def test_sudden_shift_helios_dynamic_recovers_faster_than_helios_static():
-    """After the shift, helios_dynamic's windowed P99 returns to the pre-shift level sooner
-    and settles below helios_static's.
-
-    Expected to fail (strict): the claim held for the replica-free ILP placement with
-    oracle routing it was written for (figures below), not for today's; it is kept so
-    that an engine that earns it again turns this test red until the mark goes.
-
-    Reference level: helios_static's median windowed P99 before the shift (the system
-    the shift perturbs). Recovery: windows after the shift until the 3-window rolling
-    mean stays within 1.2x of it. Measured when it held (seed: static / dynamic recovery
-    in windows of 20 ms, 15 = never; post-shift mean P99 in ms, windows 9-14): 0: 6 / 2, 4.78 / 4.21;
-    1: 15 / 6, 5.67 / 4.58; 2: 0 / 0, 4.33 / 4.13; 3: 15 / 3, 4.43 / 3.98; 4: 15 / 3,
-    4.60 / 3.90. This test runs seed 0.
-    """
-    series = {}
-    for strategy in ("helios_static", "helios_dynamic"):
-        cfg = config(*SHIFT, f"strategy={strategy}")
-        res = run_cell(cfg, cache=CACHE)
-        series[strategy] = np.array([w["p99_ms"] for w in res.tables["timeseries"]])
-    first, shift, settle = 2, 5, 4  # warm-up 0.04 s; the shift at window 5
-    static, dynamic = series["helios_static"], series["helios_dynamic"]
-    reference = 1.2 * float(np.median(static[first:shift]))
-    rec_static = recovery_windows(static, shift, reference)
-    rec_dynamic = recovery_windows(dynamic, shift, reference)
-    assert rec_dynamic <= settle and rec_dynamic < rec_static
-    assert dynamic[shift + settle:].mean() < static[shift + settle:].mean()
+def test_sudden_shift_helios_dynamic_settles_below_helios_static():
+    """After the shift the static placement is solved for the wrong load; helios_dynamic's
+    moves by the same cost bring its P99 below helios_static's once they are done, on
+    every seed. Measured (post-shift mean P99 over windows 9-14, static / dynamic, ms):
+    4.06 / 3.92, 4.53 / 4.26, 4.20 / 4.03, 4.18 / 3.94, 4.18 / 4.02 on seeds 0-4, with
+    0.04 GB of copies a cell. Its whole-run P99 is not lower on every seed: the window
+    in which the first copies travel is slower (7.1 against 5.4 ms on seed 0)."""
+    for seed in range(5):
+        post = {}
+        for strategy in ("helios_static", "helios_dynamic"):
+            res = run_cell(config(*SHIFT, f"strategy={strategy}", f"seed={seed}"), cache=CACHE)
+            post[strategy] = np.mean([w["p99_ms"] for w in res.tables["timeseries"][9:]])
+            if strategy == "helios_dynamic":
+                assert res.tables["cells"][0]["replication_bytes"] > 0
+        assert post["helios_dynamic"] < post["helios_static"], (seed, post)
 
 
 @pytest.mark.slow
 def test_migration_budget_keeps_weight_copies_from_hurting_the_tokens():
-    """In the congested shift cell, the copies without a budget (the default 20 GB/s does
-    not bind on 25G NICs) queue tokens behind them on the very NICs that are hot; a
-    0.2 GB/s budget (6.4% of one NIC) lowers helios_dynamic's whole-run P99 on every
-    seed. Measured, seeds 0-4 (no budget / 0.2 GB/s, ms): 13.95 / 7.51, 7.83 / 6.55,
-    8.51 / 8.30, 6.01 / 4.83, 12.26 / 7.54."""
+    """In the congested shift cell, eplb_dynamic re-run every window copies so much that,
+    without a budget (the default 20 GB/s of helios_dynamic does not bind on 25G NICs),
+    tokens queue behind the weights on the very NICs that are hot; a 0.2 GB/s budget
+    (6.4% of one NIC) cuts its whole-run P99 more than tenfold on every seed. Measured,
+    seeds 0-4 (no budget / 0.2 GB/s, ms): 146.7 / 6.96, 146.3 / 6.76, 111.4 / 5.53,
+    119.4 / 6.23, 112.5 / 6.65."""
+    eplb_cell = SHIFT[:-1]  # eplb_dynamic solves no ILP
     for seed in range(5):
         p99 = {}
         for budget in ("null", "0.2"):
-            cfg = config(*SHIFT, "strategy=helios_dynamic", f"seed={seed}",
+            cfg = config(*eplb_cell, "strategy=eplb_dynamic", f"seed={seed}",
                          f"strategy.adaptation.migration_gbyte_s={budget}")
             p99[budget] = run_cell(cfg, cache=CACHE).tables["cells"][0]["p99_ms"]
-        assert p99["0.2"] < p99["null"], (seed, p99)
+        assert p99["0.2"] < 0.1 * p99["null"], (seed, p99)
 
 
 def test_congestion_aware_sees_only_delayed_window_telemetry():
@@ -568,3 +453,72 @@ def test_request_model_rebalance_interval_is_in_seconds():
     third = run_cell(config(*drift, "strategy.adaptation.interval_s=0.06"), cache=False).tables["cells"][0]
     assert (every["adapt_decisions"], third["adapt_decisions"]) == (10, 3)
     assert third["replication_bytes"] < every["replication_bytes"]
+
+
+def _shifted_layer(layer=0):
+    """A layer of the congested shift cell after the shift: helios_static's copies and
+    shares (solved for the load before it), costed on the load after it."""
+    cfg = config(*SHIFT, "strategy=helios_static")
+    cluster, spec, workload, ctx = prepare(cfg)
+    placement, _ = obtain_placement(ctx, CACHE)
+    models = layer_models(dataclasses.replace(ctx, expected_load=workload.expected_load(0.2)), "latency")
+    layers = placement_matrices(models, placement)
+    set_background(models, [y for _, y in layers], layer)
+    x, y = layers[layer]
+    return models[layer], x > 0.5, y
+
+
+def _all_single_moves(model, x, y):
+    """Cost of every move of one copy: each expert's copy to each GPU without it, or an
+    extra copy there (brute force)."""
+    costs = []
+    for e in range(x.shape[0]):
+        for g in np.flatnonzero(~x[e]):
+            for s in [*np.flatnonzero(x[e]).tolist(), None]:
+                x2, y2 = x.copy(), y.copy()
+                if s is not None:
+                    x2[e, s] = False
+                x2[e, g] = True
+                y2[e] = x2[e] / x2[e].sum()
+                costs.append(model.evaluate(x2.astype(float), y2))
+    return np.array(costs)
+
+
+def test_best_move_finds_most_of_the_best_single_moves_gain_after_a_shift():
+    """After the shift the static placement is far from cheap by its own cost; the move
+    search, which costs only the 6 targets the model prices lowest for each of 8 hot
+    experts, finds the best single move over all experts and GPUs (brute force; measured:
+    exactly it on both layers, 19% and 9% below the cost before)."""
+    for layer in (0, 1):
+        model, x, y = _shifted_layer(layer)
+        base = model.evaluate(x.astype(float), y)
+        toggles, cost = best_move(model, x, y)
+        best = _all_single_moves(model, x, y).min()
+        assert base - cost >= 0.95 * (base - best) > 0.05 * base, (layer, base, cost, best)
+
+
+def test_best_move_leaves_frozen_experts_and_capped_ones_alone():
+    model, x, y = _shifted_layer()
+    toggles, _ = best_move(model, x, y)
+    moved = {e for e, _, _ in toggles}
+    again, _ = best_move(model, x, y, frozen=moved)
+    assert not moved & {e for e, _, _ in again}
+    capped, _ = best_move(model, x, y, cap=x.sum(axis=1))  # no expert may gain a copy
+    gains = collections.Counter()
+    for e, _, on in capped:
+        gains[e] += 1 if on else -1
+    assert max(gains.values()) <= 0
+
+
+def test_weighted_routing_follows_the_shares_set_with_the_replicas():
+    cfg = config("strategy=round_robin", "strategy.routing=weighted")
+    cluster, spec, workload, ctx = prepare(cfg)
+    sim = Simulation(cluster, spec, place(ctx), workload, cfg.sim, routing="weighted")
+    sim.set_replicas(0, 3, [3, 5, 6], [0.5, 0.3, 0.2])
+    picks = collections.Counter(sim.router.choose(0, 3, 0, sim.replicas[0][3]) for _ in range(1000))
+    assert picks == {3: 500, 5: 300, 6: 200}
+    sim.set_replicas(0, 3, [5, 6])  # no shares named: equal
+    picks = collections.Counter(sim.router.choose(0, 3, 0, sim.replicas[0][3]) for _ in range(1000))
+    assert abs(picks[5] - 500) <= 1 and abs(picks[6] - 500) <= 1
+    with pytest.raises(ValueError, match="2 shares for 3 replicas"):
+        sim.set_replicas(0, 3, [1, 2, 4], [0.5, 0.5])

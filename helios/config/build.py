@@ -180,11 +180,6 @@ def check_consistency(cfg: CellConfig) -> None:
                               "null with serving=ep (every GPU is an attention rank there)")
         if homes > servers:
             raise ConfigError("scenario.home_servers", homes, f"at most the {servers} servers")
-    adapt = cfg.strategy.adaptation
-    if adapt.cold_threshold >= adapt.hot_threshold:
-        raise ConfigError("strategy.adaptation.cold_threshold", adapt.cold_threshold,
-                          f"less than strategy.adaptation.hot_threshold ({adapt.hot_threshold}), "
-                          "so that a replica is not added and evicted in turn")
     if isinstance(topo, FatTreeConfig) and topo.k % 2:
         raise ConfigError("topology.k", topo.k, "an even integer >= 2")
     if isinstance(topo, DragonflyConfig) and topo.g is not None and topo.g > topo.a * topo.h + 1:

@@ -256,16 +256,10 @@ class FileStrategyConfig:
 class AdaptationConfig:
     """Runtime adaptation engine (strategies ``helios_dynamic`` and ``eplb_dynamic``)."""
 
-    ewma_alpha: float = spec(0.5, "weight of the newest window in the expert-load EWMA", gt=0, le=1)
-    hot_threshold: float = spec(2.0, "replicate when load per replica exceeds this x mean", gt=1)
-    cold_threshold: float = spec(0.25, "evict when load per replica stays under this x mean", ge=0)
-    evict_after_windows: int = spec(3, "windows a replica must stay cold before eviction", ge=1)
-    max_replicas_per_expert: int = spec(4, "replica cap per (layer, expert)", ge=1)
-    gpu_congested_util: float = spec(
-        0.5, "a GPU is congested when its EWMA busy fraction reaches this", gt=0, le=1)
-    link_congested_util: float = spec(
-        0.5, "a replica's paths are congested when their EWMA link utilisation reaches this", gt=0, le=1)
-    max_transfers_in_flight: int = spec(4, "helios_dynamic: replica transfers in flight at once", ge=1)
+    ewma_alpha: float = spec(
+        0.5, "serving=request: weight of the newest window in the expert-load EWMA", gt=0, le=1)
+    max_replicas_per_expert: int = spec(
+        4, "serving=request: replica cap per (layer, expert) (or its initial count if more)", ge=1)
     paced_transfers: bool = spec(
         True, "send replica weights one network chunk at a time (background copy) instead of at once")
     interval_s: typing.Optional[float] = spec(
@@ -296,8 +290,8 @@ class AdaptationConfig:
         None, "budget of weight-copy bytes over the fabric, GB/s (serving=ep: async only; "
               "serving=request: every copy, a chunk at a time); null: no budget", gt=0)
     min_gain: float = spec(
-        0.01, "serving=ep, helios_dynamic: a move must cut its layer's step cost by this share",
-        ge=0, lt=1)
+        0.01, "helios_dynamic: a move must cut its layer's cost (serving=ep: the step's; "
+              "serving=request: the waiting and transfer per request) by this share", ge=0, lt=1)
 
 
 @dataclass(frozen=True)

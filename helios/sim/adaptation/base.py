@@ -16,10 +16,9 @@ the last ``count_window_s`` (whole windows), as vLLM and SGLang count over a win
 slot is *held* by a serving replica or by an incoming transfer (reserved when the
 transfer starts), so held <= slots at every instant. An expert never gains a replica
 while it has ``max(max_replicas_per_expert, its initial replica count)`` serving or
-incoming. A new replica copies ``spec.expert_bytes`` from a serving replica of the
-expert (helios_dynamic: the cheapest path to the target under the current link
-utilisation; eplb_dynamic: the earliest idle-network delivery, both by the engine's
-store-and-forward model) with ``sim.network.send``: the bytes share the FIFO link queues with
+incoming. A new replica copies ``spec.expert_bytes`` from the serving replica of the
+expert with the earliest idle-network delivery (:meth:`Cluster.transfer_time`, the
+engine's store-and-forward model) with ``sim.network.send``: the bytes share the FIFO link queues with
 token traffic, by default one network chunk at a time (``paced_transfers``, see
 :meth:`AdaptationEngine._send_paced`). With a budget ``migration_gbyte_s`` (B), the
 copies are paced by a token bucket one piece deep (a piece: a chunk, or a whole unpaced
@@ -37,7 +36,7 @@ transfer in flight (the transfer reads from one of them).
 
 **Records.** ``sim.adaptation_events`` gets one dict per action (``time_s, action,
 layer, expert, from_gpu, to_gpu, bytes``; actions ``transfer_start``,
-``replica_ready``, ``evict_cold``, ``evict_for_memory``, ``evict_rebalance``);
+``replica_ready``, ``evict_for_memory``, ``evict_rebalance``);
 ``replicas_added`` counts ready replicas, ``replication_bytes`` bytes put on the
 network; ``budget_log`` (time, bytes) per piece released under a budget. The
 ``replication_bytes_in_flight`` of window ``w``'s time-series sample is
@@ -54,9 +53,6 @@ from typing import Any
 
 import numpy as np
 
-#: Utilisations are capped here in the M/M/1-style inflation 1 / (1 - rho).
-RHO_MAX = 0.95
-
 _ROUTE_TABLES: "weakref.WeakKeyDictionary[Any, np.ndarray]" = weakref.WeakKeyDictionary()
 
 
@@ -72,21 +68,6 @@ def route_table(cluster: Any) -> np.ndarray:
         table = table.reshape(gpus, gpus, -1)
         _ROUTE_TABLES[cluster] = table
     return table
-
-
-def store_and_forward_s(latency: Any, serial_sum: Any, serial_max: Any, nbytes: float,
-                        chunk: float) -> Any:
-    """Seconds for a message of ``nbytes`` under the engine's store-and-forward link model.
-
-    The first chunk (``min(nbytes, chunk)`` bytes) pays every hop's latency and
-    serialisation; the rest of the message follows at the slowest hop. This is
-    :meth:`Cluster.transfer_time` exactly on an idle route for a message of at most one
-    chunk or of whole chunks; a short last chunk crosses the hops after the slowest one
-    faster, so it is then overstated by less than one chunk's serialisation per hop.
-    Linear in the three per-pair terms, so share-weighted sums of them work too.
-    """
-    first = min(nbytes, chunk)
-    return latency + first * serial_sum + (nbytes - first) * serial_max
 
 
 @dataclass
@@ -115,7 +96,7 @@ class AdaptationEngine:
         self.sim, self.cell_cfg, self.cfg = sim, cfg, cfg.strategy.adaptation
         self.window = cfg.sim.window_s
         self.slots = sim.spec.slots_per_gpu
-        layers, experts, gpus = sim.layers, sim.spec.num_experts, sim.num_gpus
+        layers, gpus = sim.layers, sim.num_gpus
         self.held = np.zeros((layers, gpus), dtype=int)
         for layer, row in enumerate(sim.replicas):
             for replicas in row:
@@ -124,7 +105,6 @@ class AdaptationEngine:
         self.ewma: np.ndarray | None = None
         self.gpu_util = np.zeros(gpus)
         self.link_util = np.zeros(sim.cluster.num_links)
-        self.cold = np.zeros((layers, experts), dtype=int)
         self.pending: dict[tuple[int, int], list[Transfer]] = {}
         self.transfers_in_flight = 0
         self.decisions = 0
@@ -134,9 +114,7 @@ class AdaptationEngine:
         keep = None if adapt.count_window_s is None else max(1, round(adapt.count_window_s / self.window))
         self._rates: collections.deque = collections.deque(maxlen=keep)
         self._peak_in_flight = 0.0
-        self.routes = route_table(sim.cluster)
         self.share = np.asarray(sim.workload.source_distribution(), dtype=float)
-        self._traffic_share: np.ndarray | None = None
         self.budget = None if adapt.migration_gbyte_s is None else adapt.migration_gbyte_s * 1e9
         self._budget_free_at = 0.0
         self.budget_log: list[tuple[float, float]] = []
@@ -210,17 +188,6 @@ class AdaptationEngine:
             "expert": int(expert), "from_gpu": int(src), "to_gpu": int(dst), "bytes": float(nbytes)})
 
     # ------------------------------------------------------------------ actions
-    def path_cost_matrices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per GPU pair, shape (G, G) each: ``(latency, serial_sum, serial_max)``, the route's
-        summed link latency (s) and the sum and the largest of its links' seconds per
-        byte, each inflated by ``1 / (1 - rho)`` of the link's EWMA utilisation (M/M/1
-        waiting). :func:`store_and_forward_s` turns them into a message's time."""
-        cl = self.sim.cluster
-        rho = np.minimum(self.link_util, RHO_MAX)
-        latency = np.append(cl.link_latency, 0.0)
-        per_byte = np.append(1.0 / (cl.link_bandwidth * (1.0 - rho)), 0.0)[self.routes]
-        return latency[self.routes].sum(axis=2), per_byte.sum(axis=2), per_byte.max(axis=2)
-
     def start_transfer(self, layer: int, expert: int, dst: int, src: int | None = None) -> Transfer:
         """Copy (layer, expert) onto ``dst`` from ``src`` (default: the serving replica with
         the cheapest path to ``dst``); it serves from the moment it has arrived."""
@@ -310,5 +277,4 @@ class AdaptationEngine:
         sim.set_replicas(layer, expert, [g for g in serving if g != gpu])
         self.held[layer, gpu] -= 1
         sim.replicas_evicted += 1
-        self.cold[layer, expert] = 0
         self._event(action, layer, expert, gpu, -1, 0.0)

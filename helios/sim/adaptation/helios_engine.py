@@ -1,216 +1,235 @@
-"""``helios_dynamic``: replicate hot experts on congested GPUs, evict cold replicas.
+"""``helios_dynamic`` in the request model: moves by the load-aware cost of ``helios_static``.
 
-:class:`HeliosEngine`, per layer, with ``n`` = replicas serving
-or incoming and ``mean`` = total load / total replicas of the layer:
+:class:`HeliosEngine`, at every decision (every ``interval_s``, null: every window), on the
+expert counts of completed windows (the EWMA, or the mean over ``count_window_s``):
 
-* *hot*: ``load / n > hot_threshold * mean`` and at least one serving replica is
-  congested: its GPU's EWMA busy fraction >= ``gpu_congested_util``, or its *path
-  utilisation* >= ``link_congested_util``. The path utilisation of GPU ``g`` is
-  ``max_l f[g, l] * u[l]`` over links ``l`` and both directions, where ``u`` is the
-  EWMA utilisation and ``f[g, l]`` the share of ``g``'s dispatch traffic (in from the
-  home GPUs, by their share), or of its combine traffic (out to them), whose route
-  crosses ``l``: the busiest link that ``g``'s own traffic must cross (its NIC and
-  NVLink), not a link it barely uses;
-* a hot expert gains replicas (hottest ratio first, up to ``max_replicas_per_expert``
-  and ``max_transfers_in_flight``) while it stays hot counting the new ones. The target
-  is the GPU with a free slot that minimises the expected time of the expert's traffic
-  (see :meth:`HeliosEngine.target_costs`; its network part counts only the messages a
-  replica there adds, :meth:`HeliosEngine.visit_probability`), and only if that time is at most
-  ``1 - MIN_GAIN`` of the same figure at the expert's most expensive serving replica
-  (a replica must pay for its transfer). When no GPU has a free slot, the least
-  loaded replica (per replica) of a replicated, clearly colder expert is evicted to
-  make room (``evict_for_memory``);
-* *cold*: ``load / n < cold_threshold * mean`` for ``evict_after_windows``
-  consecutive windows; one replica (on the busiest GPU) is evicted if the remaining
-  ones would not be hot (``evict_cold``). Hysteresis: ``cold_threshold <
-  hot_threshold`` and the K-window count, reset after every eviction.
+1. Each layer's :class:`~helios.placement.request_layer.RequestLayer` is built for the
+   counts (:func:`~helios.placement.ilp.with_load`; the cluster's terms once per run)
+   and costed at the current copies and shares, the other layers' load under theirs as
+   its background. Copies on their way count as held, with no share yet.
+2. Moves (:func:`best_move`): a hot expert (largest count per copy) gets a copy on one
+   of the GPUs where the model prices its tokens lowest, as an extra copy (within the
+   copy budget of ``helios_static``, on a free slot), into the slot of a cold redundant
+   copy, or by moving one of its copies there. Each is costed exactly; experts with a
+   copy on its way are left alone, and none gains a copy past
+   ``max(max_replicas_per_expert, its initial count)``. Moves are taken best first over the layers while
+   each cuts its layer's cost by at least ``min_gain`` of the cost before the decision,
+   at most as many as the migration budget carries in one interval
+   (``migration_gbyte_s`` x the interval / expert bytes), and a changed layer must
+   still gain ``min_gain`` with its optimal shares (the layer's LP, copies fixed).
+3. What changes: a dropped cold copy is evicted at once (``evict_for_memory``: its
+   slot takes the new copy); a new copy is transferred
+   (:meth:`AdaptationEngine.start_transfer`, within the budget) and, once it serves,
+   its expert gets the decided shares and loses the copy the move takes away
+   (``evict_rebalance``); an expert whose copies stay gets its new shares at once.
+
+So where the placement is already cheap by its own cost, as ``helios_static``'s is under
+the load it was solved for, the counts' noise must outweigh ``min_gain`` before a copy
+moves.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import heapq
+from typing import Any
+
 import numpy as np
 
-from helios.sim.adaptation.base import RHO_MAX, AdaptationEngine, store_and_forward_s
+from helios.placement.base import PlacementContext
+from helios.placement.ilp import _normalised, layer_models, set_background, with_load
+from helios.sim.adaptation.base import AdaptationEngine, Transfer
 
-#: A new replica must cut the expected time of the expert's traffic by this share.
-MIN_GAIN = 0.2
+__all__ = ["HeliosEngine", "best_move", "layer_state"]
+
+#: Per move search: hottest experts, cheapest target GPUs for each, coldest redundant copies.
+HOT_CANDIDATES, TARGET_CANDIDATES, COLD_CANDIDATES = 8, 6, 16
 
 
-def traffic_share(routes: np.ndarray, share: np.ndarray, num_links: int) -> np.ndarray:
-    """``f[g, l]``: the larger of the shares of GPU ``g``'s dispatch traffic (from home
-    GPU ``s`` with weight ``share[s]`` over ``route(s, g)``) and of its combine traffic
-    (over ``route(g, s)``) that cross link ``l``; shape (G, num_links)."""
-    gpus = routes.shape[0]
-    weight = np.broadcast_to(share[:, None], routes.shape[1:]).ravel()
-    f = np.zeros((gpus, num_links + 1))
-    for g in range(gpus):
-        into = np.bincount(routes[:, g, :].ravel(), weight, minlength=num_links + 1)
-        out = np.bincount(routes[g, :, :].ravel(), weight, minlength=num_links + 1)
-        f[g] = np.maximum(into, out)
-    return f[:, :num_links]
+def best_move(model: Any, x: np.ndarray, y: np.ndarray, frozen: set[int] = frozenset(),
+              cap: np.ndarray | None = None) -> tuple[tuple, float] | None:
+    """Best one-copy move of a request-model layer: ``(toggles, new cost)``, or None.
+
+    ``x`` (bool) and ``y`` (shares), shape (E, G); ``toggles`` lists ``(expert, gpu,
+    held)`` changes, each move copying one expert once, none touching ``frozen`` and
+    none taking an expert past ``cap`` copies (shape (E,); default none).
+    For each of the hottest experts (count per copy), the targets are the GPUs without
+    it where :meth:`RequestLayer.marginal` prices a copy with an equal share lowest;
+    there the expert gets an extra copy (within the budget, on a free slot), the slot of
+    one of the coldest redundant copies (smallest count per copy), or one of its own
+    copies moved (on a free slot). A changed expert's shares are equal in the costing.
+    """
+    E, G = x.shape
+    load, count = model.load, x.sum(axis=1)
+    per_copy = load / np.maximum(count, 1)
+    movable = np.array([e for e in range(E) if e not in frozen], dtype=np.int64)
+    hot = [int(e) for e in movable[np.argsort(-per_copy[movable], kind="stable")][:HOT_CANDIDATES]
+           if load[e] > 0]
+    redundant = movable[count[movable] >= 2]
+    cold = [(int(e), int(g)) for e in redundant[np.argsort(per_copy[redundant], kind="stable")]
+            for g in np.flatnonzero(x[e])][:COLD_CANDIDATES]
+    free = model.slots - x.sum(axis=0)
+    spare = count.sum() < model.copies
+    grows = count < (np.inf if cap is None else cap)
+    state = layer_state(model, x, y)
+    candidates: list[tuple] = []
+    for e in hot:
+        others = np.flatnonzero(~x[e])
+        if others.size == 0:
+            continue
+        price = model.marginal(state, e, 1.0 / (count[e] + 1), others)
+        for g in others[np.lexsort((others, price))][:TARGET_CANDIDATES].tolist():
+            if free[g] > 0:
+                if spare and grows[e]:
+                    candidates.append(((e, g, True),))
+                candidates += [((e, s, False), (e, g, True)) for s in np.flatnonzero(x[e]).tolist()]
+            if grows[e]:
+                candidates += [((c, h, False), (e, g, True)) for c, h in cold if h == g and c != e]
+    best = None
+    for toggles in candidates:
+        x2, y2 = x.copy(), y.copy()
+        for e, g, held in toggles:
+            x2[e, g] = held
+        for e in {t[0] for t in toggles}:
+            y2[e] = x2[e] / x2[e].sum()
+        obj = model.evaluate(x2.astype(float), y2)
+        if best is None or obj < best[1]:
+            best = (toggles, obj)
+    return best
+
+
+def layer_state(model: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """The model's running state (:meth:`RequestLayer.new_state`) with every copy of ``x``
+    added at its share ``y``."""
+    state = model.new_state()
+    for e, g in zip(*np.nonzero(x)):
+        model.add(state, int(e), float(y[e, g]), int(g))
+    return state
 
 
 class HeliosEngine(AdaptationEngine):
-    """Congestion-driven replication and hysteresis eviction (see the module docstring)."""
+    """``helios_dynamic`` (request model): budgeted moves by the load-aware cost (module doc)."""
+
+    def __init__(self, sim: Any, cfg: Any) -> None:
+        super().__init__(sim, cfg)
+        ctx = PlacementContext(
+            cluster=sim.cluster, spec=sim.spec, expected_load=np.ones((sim.layers, sim.spec.num_experts)),
+            source_share=self.share, slots_per_gpu=self.slots, strategy=cfg.strategy, seed=cfg.seed,
+            tokens_per_request=float(cfg.scenario.tokens_per_request), serving="request",
+            sim_chunk_bytes=sim.network.chunk)
+        self._template = layer_models(ctx, "latency")[0]
+        self._last_decision = 0.0
+        #: (layer, expert) -> (GPUs the move takes copies off, GPU -> decided share)
+        self._after: dict[tuple[int, int], tuple[list[int], dict[int, float]]] = {}
+
+    def current(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """Held copies (serving or incoming) and the serving shares, shape (E, G)."""
+        E, G = self.sim.spec.num_experts, self.sim.num_gpus
+        x, y = np.zeros((E, G), dtype=bool), np.zeros((E, G))
+        for expert, (gpus, shares) in enumerate(zip(self.sim.replicas[layer], self.sim.shares[layer])):
+            x[expert, gpus] = True
+            y[expert, gpus] = shares
+        for (l, expert), transfers in self.pending.items():
+            if l == layer:
+                x[expert, [t.dst for t in transfers]] = True
+        return x, y
 
     def act(self) -> None:
-        self.refresh_costs()
-        self._evict_cold()
-        self._replicate_hot()
-
-    def refresh_costs(self) -> None:
-        """Path costs and path utilisations of this window (from the EWMA link utilisation)."""
-        terms = self.path_cost_matrices()
-        share = self.share
-        self._pair_terms = terms
-        self._terms_in = tuple(share @ m for m in terms)  # from every home GPU, by its share
-        self._terms_out = tuple(m @ share for m in terms)
-        if self._traffic_share is None:
-            self._traffic_share = traffic_share(self.routes, share, self.sim.cluster.num_links)
-        self.path_util = (self._traffic_share * self.link_util).max(axis=1)
-
-    def _layer_mean(self, layer: int) -> float:
-        total = sum(self.count(layer, e) for e in range(self.sim.spec.num_experts))
-        return float(self.ewma[layer].sum()) / total
-
-    def congested(self, gpu: int) -> bool:
-        """Whether ``gpu`` (as a replica's home) is a congested GPU or behind congested paths."""
-        return bool(self.gpu_util[gpu] >= self.cfg.gpu_congested_util
-                    or self.path_util[gpu] >= self.cfg.link_congested_util)
-
-    def _evict_cold(self) -> None:
-        cfg, sim = self.cfg, self.sim
-        for layer in range(sim.layers):
-            mean = self._layer_mean(layer)
-            for expert in range(sim.spec.num_experts):
-                serving = sim.replicas[layer][expert]
-                if len(serving) <= 1 or (layer, expert) in self.pending:
-                    self.cold[layer, expert] = 0
-                    continue
-                load = self.ewma[layer, expert]
-                if load / len(serving) >= cfg.cold_threshold * mean:
-                    self.cold[layer, expert] = 0
-                    continue
-                self.cold[layer, expert] += 1
-                if (self.cold[layer, expert] >= cfg.evict_after_windows
-                        and load / (len(serving) - 1) <= cfg.hot_threshold * mean):
-                    victim = max(serving, key=lambda g: (self.gpu_util[g], g))
-                    self.evict(layer, expert, victim, "evict_cold")
-
-    def _replicate_hot(self) -> None:
-        cfg, sim = self.cfg, self.sim
-        budget = cfg.max_transfers_in_flight - self.transfers_in_flight
-        hot = []
-        for layer in range(sim.layers):
-            mean = self._layer_mean(layer)
-            for expert in np.flatnonzero(self.ewma[layer] > cfg.hot_threshold * mean).tolist():
-                ratio = self.ewma[layer, expert] / self.count(layer, expert) / mean
-                if ratio > cfg.hot_threshold and any(map(self.congested, sim.replicas[layer][expert])):
-                    hot.append((-ratio, layer, expert))
-        projected = self.gpu_util.copy()
-        for _, layer, expert in sorted(hot):
-            while budget > 0 and self.count(layer, expert) < self.cap(layer, expert):
-                n = self.count(layer, expert)
-                if self.ewma[layer, expert] / n <= cfg.hot_threshold * self._layer_mean(layer):
-                    break
-                dst = self._choose_target(layer, expert, projected)
-                if dst is None:
-                    break
-                nbytes, chunk = sim.spec.expert_bytes, sim.network.chunk
-                src = min(sim.replicas[layer][expert], key=lambda g: (store_and_forward_s(
-                    *(m[g, dst] for m in self._pair_terms), nbytes, chunk), g))
-                self.start_transfer(layer, expert, dst, src)
-                budget -= 1
-                tokens, batch_s = self._replica_batch(layer, expert, n + 1)
-                projected[dst] += self._request_rate(layer) * batch_s
-
-    def _request_rate(self, layer: int) -> float:
-        """Requests/s through ``layer`` implied by its pair rate."""
-        return float(self.ewma[layer].sum()) / (self.sim.spec.top_k * self.cell_cfg.scenario.tokens_per_request)
-
-    def _replica_batch(self, layer: int, expert: int, replicas: int) -> tuple[float, float]:
-        """Tokens per request one of ``replicas`` replicas gets, and its batch compute time."""
-        tokens = self.ewma[layer, expert] / replicas / max(self._request_rate(layer), 1e-12)
-        return tokens, float(self.sim.spec.batch_seconds(max(tokens, 1.0)))
-
-    def target_costs(self, layer: int, expert: int, projected: np.ndarray,
-                     replicas: int | None = None) -> np.ndarray:
-        """Expected seconds of the expert's traffic at each GPU, were one of ``replicas``
-        (default: one more than now) there.
-
-        Dispatch of the replica's tokens per request from every home GPU (weighted by
-        its share) plus their combine back, each by the engine's store-and-forward model
-        with every link's serialisation inflated by its utilisation
-        (:meth:`path_cost_matrices`, :func:`store_and_forward_s`),
-        times the chance that a token is *not* sent to that GPU anyway for another of
-        its experts (``1 - visit_probability``: a token travels once per GPU, so only
-        those messages are added); plus the GPU's waiting time, the larger of its queue backlog now and the
-        M/M/1 wait ``batch * rho / (1 - rho)`` at its projected busy fraction ``rho``
-        (measured EWMA plus the replicas placed on it this window).
-        """
-        spec = self.sim.spec
-        if replicas is None:
-            replicas = self.count(layer, expert) + 1
-        tokens, batch_s = self._replica_batch(layer, expert, replicas)
-        rho = np.minimum(projected, RHO_MAX)
-        backlog = np.array([self.sim.gpus.backlog(g) for g in range(self.sim.num_gpus)])
-        wait = np.maximum(backlog, batch_s * rho / (1.0 - rho))
-        chunk = self.sim.network.chunk
-        network = (store_and_forward_s(*self._terms_in, tokens * spec.dispatch_token_bytes, chunk)
-                   + store_and_forward_s(*self._terms_out, tokens * spec.combine_token_bytes, chunk))
-        return network * (1.0 - self.visit_probability(layer, expert)) + wait
-
-    def visit_probability(self, layer: int, expert: int) -> np.ndarray:
-        """Chance that a token of ``expert`` visits each GPU anyway, for its other experts.
-
-        A token is sent once per GPU it visits, so its trip to a GPU that one of its
-        other ``top_k - 1`` experts already takes it to costs no extra message. With
-        ``m[g]`` the share of the layer's token-expert pairs served on ``g`` by other
-        experts (EWMA loads, split evenly over each expert's serving replicas), the
-        chance is ``1 - (1 - m[g]) ** (top_k - 1)``, taking the other picks as
-        independent draws from the layer's load shares. Shape (G,).
-        """
-        sim = self.sim
-        load = self.ewma[layer]
-        total = float(load.sum())
-        served = np.zeros(sim.num_gpus)
-        if total <= 0:
-            return served
-        for other, serving in enumerate(sim.replicas[layer]):
-            if other != expert and load[other] > 0:
-                served[serving] += load[other] / total / len(serving)
-        return 1.0 - (1.0 - np.minimum(served, 1.0)) ** (sim.spec.top_k - 1)
-
-    def _choose_target(self, layer: int, expert: int, projected: np.ndarray) -> int | None:
-        holders = self.holders(layer, expert)
-        free = self.free_slots(layer) > 0
-        free[list(holders)] = False
-        n = self.count(layer, expert)
-        worst = self.target_costs(layer, expert, projected, n)[self.sim.replicas[layer][expert]].max()
-        if free.any():
-            cost = np.where(free, self.target_costs(layer, expert, projected), np.inf)
-            dst = int(np.argmin(cost))
-            return dst if cost[dst] <= (1.0 - MIN_GAIN) * worst else None
-        return self._make_room(layer, expert, holders)
-
-    def _make_room(self, layer: int, expert: int, holders: set[int]) -> int | None:
-        """Evict a replica of a replicated, clearly colder expert on a GPU without ``expert``."""
-        sim, cfg = self.sim, self.cfg
-        mean = self._layer_mean(layer)
-        limit = self.ewma[layer, expert] / self.count(layer, expert) / cfg.hot_threshold
-        best = None
-        for other in range(sim.spec.num_experts):
-            serving = sim.replicas[layer][other]
-            if other == expert or len(serving) <= 1 or (layer, other) in self.pending:
+        now = self.sim.env.now
+        elapsed, self._last_decision = now - self._last_decision, now
+        if (self.ewma.sum(axis=1) <= 0).any():
+            return
+        budget = self.budget if self.budget is not None else np.inf
+        allowed = max(1, int(min(budget * elapsed / self.sim.spec.expert_bytes, 1e9)))
+        held = [self.current(layer) for layer in range(self.sim.layers)]
+        models = [dataclasses.replace(with_load(self._template, load, self.sim.spec),
+                                      also_replicable=np.flatnonzero(x.sum(axis=1) > 1))
+                  for load, (x, _) in zip(self.ewma, held)]
+        state, heap = {}, []
+        for layer, model in enumerate(models):
+            set_background(models, [y for _, y in held], layer)
+            x, y = held[layer][0].copy(), held[layer][1].copy()
+            base = model.evaluate(x.astype(float), y)
+            state[layer] = [x, y, base, base, None]
+            self._push(heap, layer, model, state[layer])
+        moved = 0
+        while heap and moved < allowed:
+            _, layer = heapq.heappop(heap)
+            entry = state[layer]
+            x, y, (toggles, obj) = entry[0], entry[1], entry[4]
+            for e, g, on in toggles:
+                x[e, g] = on
+            for e in {t[0] for t in toggles}:
+                y[e] = x[e] / x[e].sum()
+            entry[3], entry[4] = obj, None
+            moved += 1
+            self._push(heap, layer, models[layer], entry)
+        for layer, (x, y, base, obj, _) in state.items():
+            if obj >= base:
                 continue
-            per = self.ewma[layer, other] / len(serving)
-            if per >= limit or self.ewma[layer, other] / (len(serving) - 1) > cfg.hot_threshold * mean:
+            model = dataclasses.replace(models[layer], also_replicable=np.flatnonzero(x.sum(axis=1) > 1))
+            y = self._shares(model, x, y)
+            if model.evaluate(x.astype(float), y) < base * (1 - self.cfg.min_gain):
+                self._apply(layer, held[layer][0], x, y)
+
+    def _push(self, heap: list, layer: int, model: Any, entry: list) -> None:
+        """Queue the layer's best next move if it gains enough."""
+        x, y, base, cost, _ = entry
+        frozen = {expert for (l, expert) in self.pending if l == layer}
+        cap = np.maximum(self.cfg.max_replicas_per_expert, self.initial_counts[layer])
+        move = best_move(model, x, y, frozen, cap)
+        if move is not None and move[1] < cost - self.cfg.min_gain * base:
+            entry[4] = move
+            heapq.heappush(heap, (move[1] - cost, layer))
+
+    @staticmethod
+    def _shares(model: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The layer's optimal shares for copies ``x`` (its LP), or ``y`` if it fails."""
+        m, v, _ = model.build()
+        result = m.solve(None, 5.0, 0.0, relax=True, fix=(v.x.ravel(), x.ravel().astype(float)))
+        if result.values is None:
+            return y
+        return _normalised(result.values[v.y.ravel()].reshape(y.shape), x.astype(float))
+
+    def _apply(self, layer: int, before: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+        """Evict the dropped cold copies, start the new copies, share the kept experts.
+
+        A move's new copy may go into a slot that another move frees only once its own
+        new copy serves; such a copy is not started (its expert keeps its copies)."""
+        added = x & ~before
+        for expert in range(x.shape[0]):
+            shares = {int(g): float(y[expert, g]) for g in np.flatnonzero(x[expert])}
+            dropped = np.flatnonzero(before[expert] & ~x[expert]).tolist()
+            if added[expert].any():
+                self._after[layer, expert] = (dropped, shares)
                 continue
-            for gpu in serving:
-                if gpu not in holders and (best is None or (per, other, gpu) < best):
-                    best = (per, other, gpu)
-        if best is None:
-            return None
-        _, other, gpu = best
-        self.evict(layer, other, gpu, "evict_for_memory")
-        return gpu
+            for gpu in dropped:  # a cold copy whose slot a hot expert's new copy takes
+                self.evict(layer, expert, gpu, "evict_for_memory")
+            if len(self.sim.replicas[layer][expert]) > 1:
+                self._set_shares(layer, expert, shares)
+        for expert in np.flatnonzero(added.any(axis=1)).tolist():
+            gpus = np.flatnonzero(added[expert])
+            if (self.free_slots(layer)[gpus] <= 0).any():
+                del self._after[layer, expert]
+                continue
+            for gpu in gpus.tolist():
+                self.start_transfer(layer, expert, gpu)
+
+    def _set_shares(self, layer: int, expert: int, shares: dict[int, float]) -> None:
+        """Serve (layer, expert) from its serving copies by ``shares``, renormalised (equal
+        where they give them nothing)."""
+        gpus = self.sim.replicas[layer][expert]
+        weights = np.array([shares.get(g, 0.0) for g in gpus])
+        if weights.sum() <= 0:
+            weights = np.ones(len(gpus))
+        self.sim.set_replicas(layer, expert, gpus, (weights / weights.sum()).tolist())
+
+    def on_ready(self, transfer: Transfer) -> None:
+        key = (transfer.layer, transfer.expert)
+        if key in self.pending or key not in self._after:
+            return
+        dropped, shares = self._after.pop(key)
+        for gpu in dropped:
+            if gpu in self.sim.replicas[key[0]][key[1]] and len(self.sim.replicas[key[0]][key[1]]) > 1:
+                self.evict(key[0], key[1], gpu, "evict_rebalance")
+        self._set_shares(key[0], key[1], shares)
