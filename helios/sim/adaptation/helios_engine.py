@@ -31,13 +31,13 @@ moves.
 from __future__ import annotations
 
 import dataclasses
-import heapq
 from typing import Any
 
 import numpy as np
 
 from helios.placement.base import PlacementContext
-from helios.placement.ilp import _normalised, layer_models, set_background, with_load
+from helios.placement.ilp import layer_models, set_background, with_load
+from helios.placement.moves import best_first_moves, cheapest_move, optimal_shares
 from helios.sim.adaptation.base import AdaptationEngine, Transfer
 
 __all__ = ["HeliosEngine", "best_move", "layer_state"]
@@ -85,17 +85,7 @@ def best_move(model: Any, x: np.ndarray, y: np.ndarray, frozen: set[int] = froze
                 candidates += [((e, s, False), (e, g, True)) for s in np.flatnonzero(x[e]).tolist()]
             if grows[e]:
                 candidates += [((c, h, False), (e, g, True)) for c, h in cold if h == g and c != e]
-    best = None
-    for toggles in candidates:
-        x2, y2 = x.copy(), y.copy()
-        for e, g, held in toggles:
-            x2[e, g] = held
-        for e in {t[0] for t in toggles}:
-            y2[e] = x2[e] / x2[e].sum()
-        obj = model.evaluate(x2.astype(float), y2)
-        if best is None or obj < best[1]:
-            best = (toggles, obj)
-    return best
+    return cheapest_move(model, x, y, candidates)
 
 
 def layer_state(model: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -145,51 +135,24 @@ class HeliosEngine(AdaptationEngine):
         models = [dataclasses.replace(with_load(self._template, load, self.sim.spec),
                                       also_replicable=np.flatnonzero(x.sum(axis=1) > 1))
                   for load, (x, _) in zip(self.ewma, held)]
-        state, heap = {}, []
-        for layer, model in enumerate(models):
+        for layer in range(len(models)):
             set_background(models, [y for _, y in held], layer)
-            x, y = held[layer][0].copy(), held[layer][1].copy()
-            base = model.evaluate(x.astype(float), y)
-            state[layer] = [x, y, base, base, None]
-            self._push(heap, layer, model, state[layer])
-        moved = 0
-        while heap and moved < allowed:
-            _, layer = heapq.heappop(heap)
-            entry = state[layer]
-            x, y, (toggles, obj) = entry[0], entry[1], entry[4]
-            for e, g, on in toggles:
-                x[e, g] = on
-            for e in {t[0] for t in toggles}:
-                y[e] = x[e] / x[e].sum()
-            entry[3], entry[4] = obj, None
-            moved += 1
-            self._push(heap, layer, models[layer], entry)
-        for layer, (x, y, base, obj, _) in state.items():
-            if obj >= base:
+        moved = best_first_moves(models, [(x.copy(), y.copy()) for x, y in held],
+                                 lambda layer, x, y: self._search(models[layer], layer, x, y), allowed,
+                                 self.cfg.min_gain)
+        for layer, (x, y, base, cost) in enumerate(moved):
+            if cost >= base:
                 continue
             model = dataclasses.replace(models[layer], also_replicable=np.flatnonzero(x.sum(axis=1) > 1))
-            y = self._shares(model, x, y)
+            y = optimal_shares(model, x, y)
             if model.evaluate(x.astype(float), y) < base * (1 - self.cfg.min_gain):
                 self._apply(layer, held[layer][0], x, y)
 
-    def _push(self, heap: list, layer: int, model: Any, entry: list) -> None:
-        """Queue the layer's best next move if it gains enough."""
-        x, y, base, cost, _ = entry
+    def _search(self, model: Any, layer: int, x: np.ndarray, y: np.ndarray) -> tuple[tuple, float] | None:
+        """The layer's best move, leaving experts in transit alone and capped ones uncopied."""
         frozen = {expert for (l, expert) in self.pending if l == layer}
         cap = np.maximum(self.cfg.max_replicas_per_expert, self.initial_counts[layer])
-        move = best_move(model, x, y, frozen, cap)
-        if move is not None and move[1] < cost - self.cfg.min_gain * base:
-            entry[4] = move
-            heapq.heappush(heap, (move[1] - cost, layer))
-
-    @staticmethod
-    def _shares(model: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """The layer's optimal shares for copies ``x`` (its LP), or ``y`` if it fails."""
-        m, v, _ = model.build()
-        result = m.solve(None, 5.0, 0.0, relax=True, fix=(v.x.ravel(), x.ravel().astype(float)))
-        if result.values is None:
-            return y
-        return _normalised(result.values[v.y.ravel()].reshape(y.shape), x.astype(float))
+        return best_move(model, x, y, frozen, cap)
 
     def _apply(self, layer: int, before: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
         """Evict the dropped cold copies, start the new copies, share the kept experts.

@@ -28,14 +28,14 @@
 from __future__ import annotations
 
 import dataclasses
-import heapq
 from typing import Any
 
 import numpy as np
 
 from helios.placement import get_strategy
-from helios.placement.ilp import _normalised, layer_models, solve_placement
+from helios.placement.ilp import layer_models, solve_placement
 from helios.placement.incremental import held_matrix, relabel_min_moves, repair_min_moves
+from helios.placement.moves import best_first_moves, cheapest_move, optimal_shares
 from helios.sim.ep.migration import EpAdapter, LayerChange
 
 #: Candidates per move search: hottest experts x (least-loaded GPUs, coldest redundant copies).
@@ -109,30 +109,14 @@ class HeliosAdapter(EpAdapter):
         allowed = max(1, int(min(budget * elapsed / self.ctx.spec.expert_bytes, 1e9)))
         models = layer_models(dataclasses.replace(self.ctx, expected_load=counts.astype(float)),
                               "latency")
-        state = {}
-        heap: list[tuple[float, int]] = []
-        for layer, model in enumerate(models):
-            x, y = self._xy(layer)
-            base = model.evaluate(x.astype(float), y)
-            state[layer] = [x, y, base, base, None]
-            self._push(heap, layer, model, state[layer])
-        moved = 0
-        while heap and moved < allowed:
-            _, layer = heapq.heappop(heap)
-            entry = state[layer]
-            x, y, _, _, (toggles, obj) = entry
-            for e, g, held in toggles:
-                x[e, g] = held
-            for e in {t[0] for t in toggles}:
-                y[e] = x[e] / x[e].sum()
-            entry[3], entry[4] = obj, None
-            moved += 1
-            self._push(heap, layer, models[layer], entry)
+        moved = best_first_moves(models, [self._xy(layer) for layer in range(len(models))],
+                                 lambda layer, x, y: best_move(models[layer], x, y), allowed,
+                                 self.cfg.min_gain)
         changes = []
-        for layer, (x, y, base, obj, _) in state.items():
+        for layer, (x, y, base, obj) in enumerate(moved):
             if obj >= base:
                 continue
-            y = self._shares(models[layer], x, y)
+            y = optimal_shares(models[layer], x, y)
             if models[layer].evaluate(x.astype(float), y) >= base * (1 - self.cfg.min_gain):
                 continue
             replicas, shares = [], []
@@ -142,23 +126,6 @@ class HeliosAdapter(EpAdapter):
                 shares.append([float(y[e, g]) for g in gpus])
             changes.append(self.change(layer, replicas, shares))
         return changes
-
-    def _push(self, heap: list, layer: int, model: Any, entry: list) -> None:
-        """Queue the layer's best next move (largest cut of its cost) if it gains enough."""
-        x, y, base, current, _ = entry
-        move = best_move(model, x, y)
-        if move is not None and move[1] < current - self.cfg.min_gain * base:
-            entry[4] = move
-            heapq.heappush(heap, (move[1] - current, layer))
-
-    @staticmethod
-    def _shares(model: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """The layer's optimal shares for copies ``x`` (its LP), or ``y`` if it fails."""
-        m, v, _ = model.build()
-        result = m.solve(None, 5.0, 0.0, relax=True, fix=(v.x.ravel(), x.ravel().astype(float)))
-        if result.values is None:
-            return y
-        return _normalised(result.values[v.y.ravel()].reshape(y.shape), x.astype(float))
 
 
 def best_move(model: Any, x: np.ndarray, y: np.ndarray) -> tuple[tuple, float] | None:
@@ -194,17 +161,7 @@ def best_move(model: Any, x: np.ndarray, y: np.ndarray) -> tuple[tuple, float] |
                     candidates.append(((e, g, True),))
                 candidates.append(((e, busiest, False), (e, g, True)))
         candidates += [((c, g, False), (e, g, True)) for c, g in cold if c != e and not x[e, g]]
-    best = None
-    for toggles in candidates:
-        x2, y2 = x.copy(), y.copy()
-        for e, g, held in toggles:
-            x2[e, g] = held
-        for e in {t[0] for t in toggles}:
-            y2[e] = x2[e] / x2[e].sum()
-        obj = model.evaluate(x2.astype(float), y2)
-        if best is None or obj < best[1]:
-            best = (toggles, obj)
-    return best
+    return cheapest_move(model, x, y, candidates)
 
 
 class OracleAdapter(EpAdapter):
