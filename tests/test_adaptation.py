@@ -114,6 +114,12 @@ def test_busy_config_exercises_every_action(busy_run):
     assert sim.replicas_evicted == actions["evict_rebalance"] + actions["evict_for_memory"]
     assert sim.replication_bytes == pytest.approx(actions["transfer_start"] * sim.spec.expert_bytes)
     assert sim.replication_bytes_in_flight == pytest.approx(0.0)
+    # every expert ends with a share per serving copy, summing to 1, and some are unequal:
+    # the decided shares reached the router
+    shares = [(gpus, sh) for layer in range(sim.layers)
+              for gpus, sh in zip(sim.replicas[layer], sim.shares[layer])]
+    assert all(len(gpus) == len(sh) and sum(sh) == pytest.approx(1.0) for gpus, sh in shares)
+    assert any(len(set(np.round(sh, 9))) > 1 for _, sh in shares)
 
 
 def test_memory_budget_and_replica_cap_never_exceeded(busy_run):
