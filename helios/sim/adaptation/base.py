@@ -2,10 +2,8 @@
 
 **Monitoring** (every window, :meth:`AdaptationEngine.observe`): the token-expert
 pairs each (layer, expert) received in the window (``sim.window_expert_pairs``, read
-and reset), as pairs/s; each GPU's busy fraction and each link's utilisation in the
-newest window whose telemetry is ``telemetry.delay_s`` old (default one window: at the
-end of window ``w``, window ``w - 1``; the meters' busy time / window). All three are smoothed by an EWMA of weight
-``ewma_alpha`` on the newest window. The engine acts only while requests arrive
+and reset), as pairs/s, smoothed by an EWMA of weight ``ewma_alpha`` on the newest
+window: the counts of completed windows are all the engines read. The engine acts only while requests arrive
 (``t <= sim.duration_s``): during the drain nothing is left to adapt to.
 
 **Schedule.** The engine decides every ``interval_s`` (rounded to whole windows; null:
@@ -103,10 +101,7 @@ class AdaptationEngine:
                 self.held[layer, replicas] += 1
         self.initial_counts = np.array([[len(r) for r in row] for row in sim.replicas])
         self.ewma: np.ndarray | None = None
-        self.gpu_util = np.zeros(gpus)
-        self.link_util = np.zeros(sim.cluster.num_links)
         self.pending: dict[tuple[int, int], list[Transfer]] = {}
-        self.transfers_in_flight = 0
         self.decisions = 0
         """Windows in which the engine decided (``adapt_decisions`` in the cells table)."""
         adapt = cfg.strategy.adaptation
@@ -140,23 +135,12 @@ class AdaptationEngine:
         self._peak_in_flight = self.sim.replication_bytes_in_flight
 
     def observe(self, w: int) -> None:
-        """Fold window ``w`` into the EWMAs of expert load, GPU and link utilisation."""
+        """Fold window ``w``'s expert counts into the load EWMA."""
         sim, a = self.sim, self.cfg.ewma_alpha
         rate = sim.window_expert_pairs / self.window
         sim.window_expert_pairs[...] = 0.0
-        seen = sim.telemetry_window(sim.env.now)  # telemetry.delay_s old, not window w itself
-        if seen < 0:
-            gpu, link = np.zeros(sim.num_gpus), np.zeros(sim.cluster.num_links)
-        else:
-            gpu = np.asarray(sim.gpu_meter.busy_windows[seen]) / self.window
-            link = np.asarray(sim.link_meter.busy_windows[seen]) / self.window
         self._rates.append(rate)
-        if self.ewma is None:
-            self.ewma, self.gpu_util, self.link_util = rate, gpu, link
-        else:
-            self.ewma = a * rate + (1 - a) * self.ewma
-            self.gpu_util = a * gpu + (1 - a) * self.gpu_util
-            self.link_util = a * link + (1 - a) * self.link_util
+        self.ewma = rate if self.ewma is None else a * rate + (1 - a) * self.ewma
         if self.cfg.count_window_s is not None:  # the engines' window: a plain mean, no EWMA
             self.ewma = np.mean(self._rates, axis=0)
 
@@ -203,7 +187,6 @@ class AdaptationEngine:
         transfer = Transfer(layer, expert, int(src), int(dst), sim.spec.expert_bytes, sim.env.now)
         self.held[layer, dst] += 1
         self.pending.setdefault((layer, expert), []).append(transfer)
-        self.transfers_in_flight += 1
         sim.replication_bytes += transfer.nbytes
         sim.replication_bytes_in_flight += transfer.nbytes
         self._peak_in_flight = max(self._peak_in_flight, sim.replication_bytes_in_flight)
@@ -254,7 +237,6 @@ class AdaptationEngine:
         self.pending[key].remove(transfer)
         if not self.pending[key]:
             del self.pending[key]
-        self.transfers_in_flight -= 1
         sim.replication_bytes_in_flight -= transfer.nbytes
         sim.set_replicas(transfer.layer, transfer.expert,
                          sim.replicas[transfer.layer][transfer.expert] + [transfer.dst])

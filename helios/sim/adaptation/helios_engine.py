@@ -103,7 +103,7 @@ class HeliosEngine(AdaptationEngine):
     def __init__(self, sim: Any, cfg: Any) -> None:
         super().__init__(sim, cfg)
         ctx = PlacementContext(
-            cluster=sim.cluster, spec=sim.spec, expected_load=np.ones((sim.layers, sim.spec.num_experts)),
+            cluster=sim.cluster, spec=sim.spec, expected_load=np.ones((1, sim.spec.num_experts)),
             source_share=self.share, slots_per_gpu=self.slots, strategy=cfg.strategy, seed=cfg.seed,
             tokens_per_request=float(cfg.scenario.tokens_per_request), serving="request",
             sim_chunk_bytes=sim.network.chunk)
@@ -132,9 +132,7 @@ class HeliosEngine(AdaptationEngine):
         budget = self.budget if self.budget is not None else np.inf
         allowed = max(1, int(min(budget * elapsed / self.sim.spec.expert_bytes, 1e9)))
         held = [self.current(layer) for layer in range(self.sim.layers)]
-        models = [dataclasses.replace(with_load(self._template, load, self.sim.spec),
-                                      also_replicable=np.flatnonzero(x.sum(axis=1) > 1))
-                  for load, (x, _) in zip(self.ewma, held)]
+        models = [with_load(self._template, load, self.sim.spec) for load in self.ewma]
         for layer in range(len(models)):
             set_background(models, [y for _, y in held], layer)
         moved = best_first_moves(models, [(x.copy(), y.copy()) for x, y in held],
